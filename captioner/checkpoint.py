@@ -1,0 +1,107 @@
+"""Checkpoints: a plain dict of state dicts + config + vocabulary, saved atomically, loaded safely.
+
+    {"format_version": 1, "config": {...}, "vocab": {...}, "model": state_dict,
+     "optimizer": ..., "scheduler": ..., "progress": {...}, "rng": {...}, "metrics": {...}}
+
+Saving writes a temporary file beside the target, flushes it to disk, then renames it over the
+target (`os.replace` is atomic), so a crash or a full disk leaves the previous checkpoint intact.
+Loading always uses `torch.load(weights_only=True)`: a checkpoint is data, never code, and there is
+no retry without it. The model is rebuilt from the checkpoint's own config.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captioner.config import ConfigError, from_dict
+from captioner.vocab import Vocabulary
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged, unsafe or incompatible; the message names the file."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write `payload` to `path` atomically: temp file in the same directory, fsync, rename.
+
+    A failed write (full disk, vanished directory) raises OSError naming the file; the previous
+    checkpoint at `path` is left byte-identical and no temporary file is left behind.
+    """
+    path = Path(path)
+    try:
+        _write_atomically(payload, path)
+    except OSError as error:
+        raise OSError(error.errno, f"could not save checkpoint {path} ({error.strerror or error}); "
+                      "the previous file there is kept") from error
+
+
+def _write_atomically(payload: dict[str, Any], path: Path) -> None:
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load the raw checkpoint dict, refusing anything that is not plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else "unsafe content"
+        raise CheckpointError(f"{path}: refused to load, it is not plain checkpoint data ({reason})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: checkpoint is damaged ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CheckpointError(f"{path}: not a captioner checkpoint (expected a dict with 'model' and 'config')")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version}, this captioner reads version {FORMAT_VERSION}")
+    return payload
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a ready-to-use `Captioner` (eval mode) from a checkpoint file."""
+    from captioner.model import Captioner  # model imports this module's users; keep the import local
+
+    payload = read_checkpoint(path, map_location=device)
+    try:
+        config = from_dict(payload["config"])
+        vocab = Vocabulary.from_dict(payload["vocab"])
+    except (ConfigError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path}: invalid config or vocabulary inside the checkpoint ({error})") from None
+    config.model.pretrained = False  # the checkpoint holds every weight; never download at load time
+    model = Captioner(config, vocab)
+    check_compatible(model.state_dict(), payload["model"], path)
+    model.load_state_dict(payload["model"])
+    model.metrics = payload.get("metrics", {})
+    return model.to(device).eval()
+
+
+def check_compatible(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Name the first mismatching weight with both shapes, instead of a wall of load_state_dict errors."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model built from its config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, tensor in expected.items():
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: {name} has shape {tuple(found[name].shape)} in the checkpoint, "
+                                  f"but the config and vocabulary give {tuple(tensor.shape)}")

@@ -1,0 +1,193 @@
+"""Typed configuration: dataclasses with a comment per field, loaded from YAML, overridden from the CLI.
+
+    config = load_config("configs/shapes.yaml", ["train.epochs=3", "model.cell=gru"])
+
+Unknown keys and wrong types are refused with a `ConfigError` that names the dotted key path.
+YAML is read with `yaml.safe_load`, so `!!python/...` tags are refused too. The resolved config is
+saved inside every checkpoint (`to_dict`) and rebuilt from it (`from_dict`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key path."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in shapes dataset, generated on first use (captioner/data/shapes.py)."""
+
+    num_train: int = 6000  # training images
+    num_val: int = 500  # validation images (BLEU after each epoch)
+    num_test: int = 500  # test images (final metrics)
+    image_size: int = 64  # side of the square JPEGs, in pixels
+    seed: int = 0  # same seed and parameters -> byte-identical files
+
+
+@dataclass
+class DataConfig:
+    format: str = "shapes"  # shapes | karpathy | flickr8k | coco | folder | auto (detect from the files)
+    root: str = "data/shapes"  # dataset directory; relative paths are relative to the working directory
+    captions_file: str = ""  # captions/annotations file inside root; "" = the format's usual name
+    images_dir: str = ""  # image directory inside root; "" = the format's usual name
+    use_restval: bool = True  # Karpathy JSON: merge the "restval" split into train
+    split_seed: int = 0  # seed of the random split when a format ships no split lists
+    val_fraction: float = 0.1  # share of images for val in a random split
+    test_fraction: float = 0.1  # share of images for test in a random split
+    max_bad_images: float = 0.01  # missing/undecodable images skipped up to this share; above it, abort
+    min_word_count: int = 5  # words seen fewer times in the train split become <unk>
+    max_caption_length: int = 20  # training captions are cut to this many words
+    feature_cache: bool = True  # with a fully frozen encoder, encode each image once to disk and train on that
+    feature_cache_dir: str = ""  # where the cache lives; "" = <data.root>/.cache/features
+    feature_dtype: str = "float32"  # stored features: float32 (exact) | float16 (half the disk)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "small_cnn"  # small_cnn, efficientnet_lite0, or a torchvision model name (resnet18, ...)
+    pretrained: bool = False  # load ImageNet weights for the backbone (small_cnn has none)
+    freeze_encoder: bool = False  # keep the backbone fixed (enables the feature cache)
+    finetune_blocks: int = 0  # with a frozen encoder, still train its last N blocks
+    embed_size: int = 256  # word embedding and projected image feature size (E)
+    hidden_size: int = 512  # LSTM state size (H)
+    num_layers: int = 1  # stacked recurrent layers
+    cell: str = "lstm"  # rnn | lstm | peephole | coupled | gru
+    dropout: float = 0.3  # on embeddings, between layers and before the output layer
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training captions
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
+    batch_size: int = 32  # images per step
+    captions_per_image: int = 5  # captions trained per image in a step (the image is encoded once)
+    optimizer: str = "adam"  # adam | adamw
+    learning_rate: float = 2e-3  # peak learning rate of the decoder (and a trainable encoder)
+    encoder_learning_rate: float = 1e-4  # learning rate of fine-tuned pretrained blocks
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for adam
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 100  # linear warm-up before the schedule
+    grad_clip: float = 5.0  # clip the global gradient norm to this (0 = off)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    seed: int = 0  # seeds python, torch and the data order
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0  # DataLoader worker processes for image decoding
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    val_max_images: int = 0  # validate on at most this many images (0 = all)
+    log_every: int = 50  # steps between progress-bar updates of the loss
+
+
+@dataclass
+class EvalConfig:
+    beam_size: int = 3  # beam width for test metrics (1 = greedy)
+    val_beam_size: int = 1  # beam width for the per-epoch validation BLEU
+    max_length: int = 20  # longest generated caption, in words
+    batch_size: int = 100  # images per generation batch
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/shapes"  # checkpoints, metrics.json and the log go here
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at `path`, then dotted `key=value` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_yaml(Path(path))
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(values, key.split("."), value)
+    return from_dict(values)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build a Config from nested plain values, checking every key and type."""
+    return _build(Config, values, prefix="")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Nested plain dict (YAML and `torch.load(weights_only=True)` safe)."""
+    return dataclasses.asdict(config)
+
+
+def save_yaml(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:  # includes !!python/... tags, which safe_load refuses
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{path}: not a plain YAML config ({first_line})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(values).__name__}")
+    return values
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # an unparseable value is taken as a string; the type check decides
+    return key.strip(), value
+
+
+def _set_dotted(values: dict[str, Any], keys: list[str], value: Any) -> None:
+    for index, key in enumerate(keys[:-1]):
+        child = values.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys[: index + 1])}: is a value, not a section")
+        values = child
+    values[keys[-1]] = value
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        path = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{path}: unknown key (known keys here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in values.items():
+        expected = hints[name]
+        path = f"{prefix}{name}"
+        if dataclasses.is_dataclass(expected):
+            kwargs[name] = _build(expected, value, prefix=f"{path}.")
+        else:
+            kwargs[name] = _check_type(value, expected, path)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, expected: type, path: str) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. device=0 or a numeric run name
+    if type(value) is not expected:
+        raise ConfigError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,99 @@
+"""Batched beam search and sampling over a decoder's `step` function.
+
+All images and all beams advance together: the state holds B*K rows, one step call per time step,
+and no Python loop runs over images or beams. A beam that has emitted <end> is frozen by masking:
+its only continuation is <end> again at log-probability 0, so its score stops changing and it keeps
+its place among the K best. At the length limit the best finished beam wins; when none finished, the
+best unfinished beam is returned (the fallback). beam_size = 1 is greedy decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+State = tuple[torch.Tensor, torch.Tensor]
+StepFunction = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
+
+
+@dataclass
+class Generation:
+    """The captions found for one image, best first."""
+
+    token_ids: list[list[int]]  # word ids without <start>/<end>, one list per alternative
+    log_probs: list[float]  # total log-probability of each alternative
+    finished: list[bool]  # whether the alternative ended with <end> within the length limit
+    words: list[list[str]] = field(default_factory=list)  # filled in by Captioner.generate
+
+
+def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, beam_size: int = 1,
+                max_length: int = 20, length_penalty: float = 0.0) -> list[Generation]:
+    """Decode B images at once. state: (h, c), each (L, B, H) after the image step.
+
+    length_penalty alpha ranks the final beams by log p / length**alpha (0 = raw log-probability)."""
+    if beam_size < 1 or max_length < 1:
+        raise ValueError(f"beam_size and max_length must be >= 1, got {beam_size} and {max_length}")
+    B, K = state[0].size(1), beam_size
+    device = state[0].device
+    tokens = torch.full((B,), start_id, dtype=torch.long, device=device)
+    log_probs, state = step(tokens, state)  # (B, V)
+    V = log_probs.size(-1)
+    K = min(K, V)
+    scores, first = log_probs.topk(K, dim=-1)  # (B, K): the first word of each beam
+    history = first.unsqueeze(-1)  # (B, K, 1)
+    finished = first == end_id  # (B, K)
+    state = tuple(s.repeat_interleave(K, dim=1) for s in state)  # (L, B*K, H): row b*K + k
+    frozen = torch.full((V,), float("-inf"), device=device)
+    frozen[end_id] = 0.0  # a finished beam can only repeat <end>, at no cost
+    for _ in range(max_length - 1):
+        if bool(finished.all()):
+            break
+        log_probs, state = step(history[:, :, -1].reshape(-1), state)  # (B*K, V)
+        log_probs = log_probs.view(B, K, V)
+        log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)  # (B, K, V)
+        candidates = (scores.unsqueeze(-1) + log_probs).view(B, K * V)  # (B, K*V)
+        scores, flat = candidates.topk(K, dim=-1)  # (B, K)
+        parent, word = flat // V, flat % V  # which beam each survivor extends, and with which word
+        history = torch.cat([history.gather(1, parent.unsqueeze(-1).expand_as(history)), word.unsqueeze(-1)], dim=-1)
+        finished = finished.gather(1, parent) | (word == end_id)
+        rows = (parent + torch.arange(B, device=device).unsqueeze(1) * K).view(-1)  # (B*K,)
+        state = tuple(s.index_select(1, rows) for s in state)
+    return _collect(history, scores, finished, end_id, length_penalty)
+
+
+def sample(step: StepFunction, state: State, start_id: int, end_id: int, max_length: int = 20,
+           temperature: float = 1.0, seed: int | None = None) -> list[Generation]:
+    """Draw one caption per image from softmax(logits / temperature)."""
+    B, device = state[0].size(1), state[0].device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    tokens = torch.full((B,), start_id, dtype=torch.long, device=device)
+    scores = torch.zeros(B, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    words = []
+    for _ in range(max_length):
+        log_probs, state = step(tokens, state)  # (B, V)
+        probabilities = torch.softmax(log_probs / temperature, dim=-1)
+        tokens = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)  # (B,)
+        tokens = torch.where(finished, torch.full_like(tokens, end_id), tokens)
+        scores += torch.where(finished, torch.zeros_like(scores), log_probs.gather(1, tokens[:, None]).squeeze(1))
+        words.append(tokens)
+        finished |= tokens == end_id
+        if bool(finished.all()):
+            break
+    history = torch.stack(words, dim=1).unsqueeze(1)  # (B, 1, T)
+    return _collect(history, scores.unsqueeze(1), finished.unsqueeze(1), end_id, 0.0)
+
+
+def _collect(history: torch.Tensor, scores: torch.Tensor, finished: torch.Tensor, end_id: int,
+             length_penalty: float) -> list[Generation]:
+    """Strip <end>, rank each image's beams (finished first, then by score), return plain lists."""
+    results = []
+    for beams, beam_scores, beam_finished in zip(history.tolist(), scores.tolist(), finished.tolist()):
+        tokens = [beam[: beam.index(end_id)] if end_id in beam else beam for beam in beams]
+        ranked = sorted(range(len(beams)), key=lambda k: (
+            not beam_finished[k], -beam_scores[k] / max(len(tokens[k]) + 1, 1) ** length_penalty))
+        results.append(Generation([tokens[k] for k in ranked], [beam_scores[k] for k in ranked],
+                                  [beam_finished[k] for k in ranked]))
+    return results

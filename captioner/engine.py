@@ -1,0 +1,259 @@
+"""The training loop: teacher forcing, Adam(W), gradient-norm clipping, warm-up + cosine schedule,
+free-running validation BLEU after every epoch, best/last checkpoints, resume, and a final test
+evaluation written to <run_dir>/metrics.json. Used by train.py; never imports gradio.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from captioner.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
+from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint, save_checkpoint
+from captioner.config import Config, save_yaml, to_dict
+from captioner.data import load_dataset
+from captioner.evaluation import evaluate
+from captioner.features import FeatureCache
+from captioner.model import Captioner
+from captioner.run_setup import (EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted, build_optimizer,
+                                 build_scheduler, prepare_run_dir, resolve_device, restore_rng, resume_target, rng_state,
+                                 seed_everything)
+from captioner.vocab import Vocabulary
+
+BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size
+
+
+class Trainer:
+    """Holds everything one run needs; `fit()` trains, validates, checkpoints and tests."""
+
+    def __init__(self, config: Config, resume: str | Path | None = None, log=print) -> None:
+        self.config, self.log = config, log
+        self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
+        resume = resume_target(resume) if resume else None
+        resumed = read_checkpoint(resume) if resume else None  # a bad target fails before anything is written
+        self.run_dir = prepare_run_dir(Path(config.run_dir))
+        seed_everything(config.train.seed)
+        self.device = resolve_device(config.train.device, config.train.threads)
+        self.splits = load_dataset(config.data, log=log)
+        if not self.splits["train"]:
+            raise ValueError(f"data.root={config.data.root}: the train split is empty")
+        self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
+            (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
+        self.model = Captioner(config, self.vocab).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        groups = self.model.parameter_groups()
+        if len(groups) > 1:  # fine-tuning: same optimizer settings, one parameter group per learning rate
+            self.optimizer = type(self.optimizer)(groups, **self.optimizer.defaults)
+        self.feature_cache = self.make_feature_cache()
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch())
+        self.progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_bleu4": -1.0}
+        self.history: list[dict[str, Any]] = []
+        if resumed:
+            self.restore(resumed, resume)
+        save_yaml(config, self.run_dir / "config.yaml")
+        self.log(f"vocabulary: {len(self.vocab)} words | parameters: {sum(p.numel() for p in self.model.parameters()):,}"
+                 f" | device: {self.device} | run: {self.run_dir}")
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.splits["train"]) / self.config.train.batch_size)
+
+    def fit(self) -> dict[str, Any]:
+        train = self.config.train
+        dataset = self.training_data()
+        self.val_inputs = self.inputs(self.validation_records())
+        with _StopOnSignal() as stop:
+            while self.progress["epoch"] < train.epochs and not self.reached_max_steps():
+                self.train_epoch(dataset, stop)
+                self.end_epoch()
+                if stop.requested:  # the signal came during validation; end_epoch has just saved last.pt
+                    raise TrainingInterrupted(self.run_dir / "last.pt")
+        return self.test()
+
+    def training_data(self) -> CaptionedImages:
+        records, data = self.splits["train"], self.config.data
+        bank = self.inputs(records)
+        return CaptionedImages(records, self.vocab, self.model.encoder.preprocess, data.max_caption_length,
+                               self.config.train.captions_per_image, self.config.train.seed, bank)
+
+    def make_feature_cache(self) -> FeatureCache | None:
+        """A feature cache when the encoder is fully frozen and data.feature_cache is on, else None."""
+        data = self.config.data
+        if not (data.feature_cache and self.model.encoder.fully_frozen):
+            return None
+        directory = data.feature_cache_dir or Path(data.root).expanduser() / ".cache" / "features"
+        return FeatureCache(directory, self.model.encoder, data.feature_dtype, self.config.eval.batch_size, log=self.log)
+
+    def inputs(self, records):
+        """What the model reads for `records`: cached features (frozen encoder), else preprocessed pixels."""
+        if self.feature_cache is not None:
+            return self.feature_cache.features(records)
+        return self.pixels(records)
+
+    def pixels(self, records) -> torch.Tensor | None:
+        """Preprocessed uint8 pixels when they fit in memory, else None (read from disk per batch)."""
+        side = self.model.encoder.preprocessing.image_size
+        if len(records) * 3 * side * side > BANK_BUDGET_BYTES:
+            return None
+        started = time.perf_counter()
+        bank = build_image_bank(records, self.model.encoder.preprocess)
+        self.log(f"preprocessed {len(records)} images in {time.perf_counter() - started:.1f}s")
+        return bank
+
+    def train_epoch(self, dataset: CaptionedImages, stop: "_StopOnSignal") -> None:
+        train, epoch = self.config.train, self.progress["epoch"]
+        dataset.epoch = epoch
+        batches = epoch_batches(len(dataset), train.batch_size, train.seed, epoch)[self.progress["batch"] :]
+        loader = make_loader(dataset, batches, self.vocab.pad_id, train.num_workers, self.device.type == "cuda")
+        self.model.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch", dynamic_ncols=True,
+                   mininterval=1.0 if self.interactive else 30.0)
+        started, captions_seen = time.perf_counter(), 0
+        for inputs, captions in bar:
+            loss = self.train_step(inputs, captions)
+            self.progress["batch"] += 1
+            captions_seen += captions.size(0)
+            if self.progress["step"] % train.log_every == 0 or self.progress["batch"] == 1:
+                rate = captions_seen / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss:.3f}", captions_per_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+            if stop.requested:
+                self.save("last.pt")
+                raise TrainingInterrupted(self.run_dir / "last.pt")
+            if self.reached_max_steps():
+                break
+        self.epoch_seconds = time.perf_counter() - started
+
+    def train_step(self, inputs: torch.Tensor, captions: torch.Tensor) -> float:
+        """One optimizer step; inputs are cached features (B, F) with the feature cache, else pixels."""
+        inputs, captions = inputs.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
+        features = inputs if self.feature_cache is not None else self.model.encoder(inputs)  # (B, F)
+        features = features.repeat_interleave(self.config.train.captions_per_image, dim=0)  # (B*C, F)
+        _, loss = self.model(None, captions, features=features)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients)
+        if not torch.isfinite(norm):  # a finite loss can still overflow in backward; never step with it
+            raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"), what="gradient norm")
+        if self.config.train.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.train.grad_clip, norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.progress["step"] += 1
+        self.progress["last_loss"] = loss.item()
+        return self.progress["last_loss"]
+
+    def end_epoch(self) -> None:
+        """Validate with free-running generation, then save last.pt and, if improved, best.pt."""
+        ev = self.config.eval
+        metrics, captions = evaluate(self.evaluated_model(), self.validation_records(), "val", ev.val_beam_size,
+                                     ev.max_length, ev.batch_size, self.val_inputs)
+        self.progress["epoch"] += 1
+        self.progress["batch"] = 0
+        entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
+                 "epoch_seconds": round(getattr(self, "epoch_seconds", 0.0), 1), **metrics}
+        self.history.append(entry)
+        self.log(json.dumps(entry) + f" | e.g. '{captions[0]}'")
+        with open(self.run_dir / "history.jsonl", "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        improved = metrics["bleu4"] > self.progress["best_bleu4"]
+        if improved:
+            self.progress["best_bleu4"] = metrics["bleu4"]
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt", metrics=metrics)
+
+    def evaluated_model(self) -> torch.nn.Module:
+        """The model as `evaluate` should call it: with the feature cache, its inputs are features."""
+        return _FeatureInputs(self.model) if self.feature_cache is not None else self.model
+
+    def validation_records(self):
+        records = self.splits["val"] or self.splits["test"]
+        limit = self.config.train.val_max_images
+        return records[:limit] if limit else records
+
+    def reached_max_steps(self) -> bool:
+        return 0 < self.config.train.max_steps <= self.progress["step"]
+
+    def save(self, name: str, metrics: dict | None = None) -> None:
+        """Write run_dir/name atomically; weights that are not finite are refused, the old file kept."""
+        for parameter_name, parameter in self.model.named_parameters():
+            if not torch.isfinite(parameter).all():
+                raise NonFiniteLoss(self.progress["step"], self.progress.get("last_loss"),
+                                    what=f"weight {parameter_name} (so {name} was not written)")
+        save_checkpoint({"config": to_dict(self.config), "vocab": self.vocab.to_dict(), "model": self.model.state_dict(),
+                         "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                         "progress": dict(self.progress), "history": self.history, "rng": rng_state(),
+                         "metrics": metrics or {}}, self.run_dir / name)
+
+    def restore(self, payload: dict[str, Any], path: str | Path) -> None:
+        saved, current = payload["config"].get("model", {}), to_dict(self.config)["model"]
+        for key in sorted(set(saved) | set(current)):
+            if saved.get(key) != current.get(key):
+                raise CheckpointError(f"{path}: model.{key} is {saved.get(key)!r} in the checkpoint but {current.get(key)!r} "
+                                      "in this run's config; resume with the checkpoint's model settings")
+        check_compatible(self.model.state_dict(), payload["model"], path)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.progress = dict(payload["progress"])
+        self.history = list(payload.get("history", []))
+        restore_rng(payload["rng"])
+        self.log(f"resumed from {path} at epoch {self.progress['epoch']}, batch {self.progress['batch']}")
+
+    def test(self) -> dict[str, Any]:
+        """Evaluate the best checkpoint on the test split; write metrics.json."""
+        best = self.run_dir / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(read_checkpoint(best, map_location=self.device)["model"])
+        records = self.splits["test"] or self.splits["val"]
+        split = "test" if self.splits["test"] else "val"
+        ev = self.config.eval
+        inputs = self.feature_cache.features(records) if self.feature_cache is not None else None
+        metrics, captions = evaluate(self.evaluated_model(), records, split, ev.beam_size, ev.max_length, ev.batch_size,
+                                     inputs)
+        metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
+                               for r, c in zip(records[:10], captions[:10])]
+        metrics["history"] = self.history
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+
+class _FeatureInputs(torch.nn.Module):
+    """Adapter: `evaluate` hands batches positionally to `generate`; with the cache they are features."""
+
+    def __init__(self, model: Captioner) -> None:
+        super().__init__()
+        self.model = model
+
+    def generate(self, features: torch.Tensor, **options):
+        return self.model.generate(features=features, **options)
+
+
+class _StopOnSignal:
+    """First SIGINT/SIGTERM: finish the step, save, exit; a second SIGINT: stop at once."""
+
+    def __enter__(self) -> "_StopOnSignal":
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["Trainer", "EXIT_INTERRUPTED"]

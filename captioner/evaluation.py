@@ -1,0 +1,88 @@
+"""Evaluation: free-running captions for a split, scored with BLEU-1..4 (and content accuracy on the
+built-in scenes). Validation after each epoch and the final test use this same function, and the
+captions always come from `Captioner.generate`, never from teacher forcing.
+
+Command line (evaluate an existing checkpoint on a split):
+
+    python -m captioner.evaluation --checkpoint runs/shapes/best.pt --split test --beam-size 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+import torch
+
+from captioner.batches import preprocess_file
+from captioner.data.records import ImageRecord
+from captioner.metrics import bleu_scores
+from captioner.vocab import tokenize
+
+
+@torch.no_grad()
+def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
+             batch_size: int = 100, pixels: torch.Tensor | None = None) -> tuple[dict[str, Any], list[str]]:
+    """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    captions: list[str] = []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        if pixels is not None:
+            batch = pixels[start : start + len(chunk)]
+        else:
+            batch = torch.stack([preprocess_file(record, model.encoder.preprocess) for record in chunk])
+        generations = model.generate(batch.to(device), beam_size=beam_size, max_length=max_length)
+        captions += [" ".join(generation.words[0]) for generation in generations]
+    model.train(was_training)
+    metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "num_images": len(records)}
+    references = [[tokenize(text) for text in record.captions] for record in records]
+    metrics.update(bleu_scores([tokenize(text) for text in captions], references))
+    metrics["distinct_captions"] = len(set(captions))
+    if records and all(record.scene is not None for record in records):
+        from captioner.data.content import content_accuracy
+
+        metrics.update(content_accuracy(captions, [record.scene for record in records]))
+    return metrics, captions
+
+
+def main(argv: list[str] | None = None) -> int:
+    from captioner.checkpoint import CheckpointError, load_checkpoint
+    from captioner.config import ConfigError
+    from captioner.data import load_dataset
+    from captioner.data.records import DatasetFormatError
+
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset split (BLEU-1..4).")
+    parser.add_argument("--checkpoint", required=True, help="path to a .pt checkpoint written by train.py")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to caption")
+    parser.add_argument("--beam-size", type=int, default=3, help="beam width (1 = greedy)")
+    parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words")
+    parser.add_argument("--data-root", default=None, help="dataset directory (default: the one in the checkpoint's config)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        model = load_checkpoint(args.checkpoint, device=args.device)
+        data_config = model.config.data
+        if args.data_root:
+            data_config.root = args.data_root
+        records = load_dataset(data_config)[args.split]
+        if not records:
+            raise DatasetFormatError(f"data.root={data_config.root}: the {args.split} split is empty")
+    except (CheckpointError, ConfigError, DatasetFormatError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    metrics, captions = evaluate(model, records, args.split, args.beam_size, args.max_length)
+    print(json.dumps(metrics, indent=2))
+    if args.output:
+        examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]
+        with open(args.output, "w") as handle:
+            json.dump({"metrics": metrics, "captions": examples}, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

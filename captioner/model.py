@@ -1,0 +1,125 @@
+"""The captioner: CNN encoder -> image embedding -> explicit stacked LSTM -> word logits.
+
+Show and Tell (Vinyals et al. 2015): the projected image feature is the recurrent network's input at
+step -1, from h_0 = c_0 = 0; then <start> and the caption's words follow.
+
+    inputs   x_-1 = W_I CNN(I)   x_0 = W_e <start>   x_1 = W_e w_1   ...   x_T-1 = W_e w_T-1
+    targets          -            w_1                  w_2          ...   <end>
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from captioner.config import Config, ConfigError
+from captioner.decoding import Generation, beam_search, sample
+from captioner.encoders import Encoder, build_encoder
+from captioner.lstm import StackedLSTM
+from captioner.vocab import Vocabulary
+
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+class Decoder(nn.Module):
+    """Word embedding + StackedLSTM + output layer, with the image as the first input."""
+
+    def __init__(self, feature_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
+                 num_layers: int, cell: str, dropout: float) -> None:
+        super().__init__()
+        self.image_projection = nn.Linear(feature_dim, embed_size)
+        self.embedding = nn.Embedding(vocab_size, embed_size)
+        self.rnn = StackedLSTM(embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits. features (B, F), tokens (B, T) starting with <start> -> (B, T, V)."""
+        image = self.image_projection(features).unsqueeze(1)  # (B, 1, E)
+        words = self.embedding(tokens)  # (B, T, E)
+        inputs = self.dropout(torch.cat([image, words], dim=1))  # (B, T+1, E)
+        hidden, _ = self.rnn(inputs)  # (B, T+1, H)
+        return self.output(self.dropout(hidden[:, 1:]))  # (B, T, V): drop the image step's output
+
+    def start(self, features: torch.Tensor) -> State:
+        """The state after reading the image, from h_0 = c_0 = 0."""
+        _, state = self.rnn.step(self.image_projection(features), None)
+        return state
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One word: tokens (B,) -> log-probabilities of the next word (B, V) and the new state."""
+        hidden, state = self.rnn.step(self.embedding(tokens), state)  # (B, H)
+        return F.log_softmax(self.output(hidden), dim=-1), state
+
+
+class Captioner(nn.Module):
+    """Encoder + decoder + vocabulary; `forward` trains, `generate` captions."""
+
+    def __init__(self, config: Config, vocab: Vocabulary, encoder: Encoder | None = None) -> None:
+        super().__init__()
+        model = config.model
+        self.config = config
+        self.vocab = vocab
+        self.encoder = encoder or build_encoder(model.backbone, model.pretrained)
+        if model.freeze_encoder:
+            self.encoder.freeze(model.finetune_blocks)
+        elif model.finetune_blocks:
+            raise ConfigError(f"model.finetune_blocks={model.finetune_blocks} needs model.freeze_encoder=true "
+                              "(without it the whole encoder trains)")
+        self.decoder = Decoder(self.encoder.feature_dim, len(vocab), model.embed_size, model.hidden_size,
+                               model.num_layers, model.cell, model.dropout)
+
+    def parameter_groups(self) -> list[dict]:
+        """Trainable parameters for the optimizer: fine-tuned encoder blocks in their own group at
+        train.encoder_learning_rate (pretrained weights need small steps), the rest at train.learning_rate."""
+        train = self.config.train
+        finetuned = [p for block in self.encoder.trainable_blocks for p in block.parameters()]
+        finetuned_ids = {id(p) for p in finetuned}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in finetuned_ids]
+        groups = [{"params": rest, "lr": train.learning_rate}]
+        if finetuned:
+            groups.append({"params": finetuned, "lr": train.encoder_learning_rate})
+        return groups
+
+    def forward(self, images: torch.Tensor | None, captions: torch.Tensor,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one loss. images uint8 (B, 3, S, S) or precomputed features (B, F); captions (B, L)
+        as <start> w_1 .. w_n <end> <pad>.. -> (logits (B, L-1, V), mean cross-entropy over real words)."""
+        if features is None:
+            features = self.encoder(images)  # (B, F)
+        logits = self.decoder(features, captions[:, :-1])  # (B, L-1, V)
+        targets = captions[:, 1:]  # (B, L-1)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=self.vocab.pad_id, label_smoothing=self.config.train.label_smoothing)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,
+                 beam_size: int = 1, max_length: int = 20, temperature: float = 0.0,
+                 length_penalty: float = 0.0, seed: int | None = None) -> list[Generation]:
+        """Caption a batch: beam search (beam_size 1 = greedy) or, with temperature > 0, sampling.
+        Used by validation, evaluation, the CLI and the demo alike."""
+        if features is None:
+            features = self.encoder(images)  # (B, F)
+        state = self.decoder.start(features)
+        vocab = self.vocab
+        if temperature > 0:
+            results = sample(self.decoder.step, state, vocab.start_id, vocab.end_id, max_length, temperature, seed)
+        else:
+            results = beam_search(self.decoder.step, state, vocab.start_id, vocab.end_id, beam_size,
+                                  max_length, length_penalty)
+        for result in results:
+            result.words = [vocab.decode_tokens(tokens) for tokens in result.token_ids]
+        return results
+
+    def caption(self, images: list[Image.Image], beam_size: int = 3, max_length: int = 20) -> list[str]:
+        """list[PIL.Image] -> list[str]: the public one-liner over `generate`."""
+        device = next(self.parameters()).device
+        batch = torch.stack([self.encoder.preprocess(image.convert("RGB")) for image in images]).to(device)
+        was_training = self.training
+        self.eval()
+        generations = self.generate(batch, beam_size=beam_size, max_length=max_length)
+        self.train(was_training)
+        return [" ".join(generation.words[0]) for generation in generations]
+

@@ -1,0 +1,125 @@
+"""What a training run sets up before its first step: run directory, seeds, device, optimizer,
+learning-rate schedule, RNG snapshots for resume, and the errors that end a run early."""
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captioner.checkpoint import CheckpointError
+from captioner.config import Config
+
+EXIT_INTERRUPTED = 130  # train.py's exit code after a graceful stop on SIGINT/SIGTERM (last.pt saved)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the current step finished and last.pt was saved."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted: saved {checkpoint}; continue with --resume {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss, the gradient norm or a weight became NaN or inf; no step is taken with it and no
+    checkpoint is written from it. `step` counts optimizer steps from 1 (the step that failed)."""
+
+    def __init__(self, step: int, last_finite: float | None, what: str = "loss") -> None:
+        super().__init__(f"{what} is not finite at step {step} (last finite loss: {last_finite}); "
+                         "lower train.learning_rate or check the data. Checkpoints on disk are untouched.")
+        self.step, self.last_finite = step, last_finite
+
+
+def resume_target(path: str | Path) -> Path:
+    """The checkpoint that --resume names: a file as given, a directory means the last.pt inside it.
+
+    A directory without last.pt is an error (never a silent fresh start); leftover temporary files
+    from an interrupted save are named, since they are never complete checkpoints.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path  # read_checkpoint names a missing file
+    if (path / "last.pt").is_file():
+        return path / "last.pt"
+    temporary = sorted(p.name for p in path.glob(".*.tmp"))
+    found = f"only unfinished temporary files ({', '.join(temporary[:3])})" if temporary else "no last.pt"
+    raise CheckpointError(f"--resume {path}: a directory must hold last.pt, found {found}; "
+                          "name a checkpoint file or start a new run without --resume")
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    """Create the run directory and prove it is writable before any work starts."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"run_dir={run_dir}: not writable ({error.strerror or error})") from None
+    return run_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, threads: int) -> torch.device:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name}: CUDA is not available on this machine; use train.device=cpu")
+    return device
+
+
+def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+    train = config.train
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if train.optimizer not in optimizers:
+        raise ValueError(f"train.optimizer={train.optimizer!r}: expected one of {sorted(optimizers)}")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return optimizers[train.optimizer](parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 0 at the last step (or constant)."""
+    train = config.train
+    total = train.max_steps or train.epochs * steps_per_epoch
+    warmup = min(train.warmup_steps, max(total - 1, 0))
+    if train.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"train.lr_schedule={train.lr_schedule!r}: expected cosine or constant")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if train.lr_schedule == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate needs tuples; a save/load round trip may hand back lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny built-in dataset and a tiny trained checkpoint, made once per session."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = REPO.parent / "shared" / "data" / "flickr8k-sample"
+
+torch.set_num_threads(2)
+
+
+def tiny_overrides(data_root: Path, run_dir: Path) -> list[str]:
+    """A config small enough to train in seconds on one CPU core."""
+    return [f"data.root={data_root}", f"run_dir={run_dir}", "data.synthetic.num_train=64",
+            "data.synthetic.num_val=16", "data.synthetic.num_test=16", "model.embed_size=32",
+            "model.hidden_size=48", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=2",
+            "train.threads=1", "eval.beam_size=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """Run train.py end to end on a tiny config; return the run directory."""
+    root = tmp_path_factory.mktemp("tiny")
+    run_dir = root / "run"
+    command = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/shapes.yaml"),
+               *tiny_overrides(root / "data", run_dir)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == str(run_dir)
+    return run_dir

@@ -1,0 +1,84 @@
+"""Checkpoints: plain data, atomic writes, safe loads, identical captions after a round trip."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner import CheckpointError, load_checkpoint
+from captioner.checkpoint import FORMAT_VERSION, read_checkpoint, save_checkpoint
+from captioner.config import to_dict
+from test_model import make_model
+
+
+def payload(model) -> dict:
+    return {"config": to_dict(model.config), "vocab": model.vocab.to_dict(), "model": model.state_dict()}
+
+
+def test_round_trip_gives_identical_captions(tmp_path):
+    model = make_model().eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(payload(model), path)
+    raw = torch.load(path, weights_only=True)  # plain data: loads with weights_only
+    assert raw["format_version"] == FORMAT_VERSION and set(raw) >= {"config", "vocab", "model"}
+    loaded = load_checkpoint(path)
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    assert [g.token_ids for g in loaded.generate(images, beam_size=3)] == \
+           [g.token_ids for g in model.generate(images, beam_size=3)]
+
+
+def test_failed_save_keeps_previous_file_byte_identical(tmp_path, monkeypatch):
+    model = make_model()
+    path = tmp_path / "last.pt"
+    save_checkpoint(payload(model), path)
+    before = path.read_bytes()
+
+    def broken_replace(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        save_checkpoint(payload(make_model(num_layers=1)), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Exploit(marker), "config": {}}, path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_damaged_missing_and_incompatible(tmp_path):
+    model = make_model()
+    path = tmp_path / "model.pt"
+    save_checkpoint(payload(model), path)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nothing.pt")
+    wrong = payload(model)
+    wrong["config"]["model"]["hidden_size"] = 64
+    save_checkpoint(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match=r"shape \(192, 32\) in the checkpoint, but the config and vocabulary give \(256, 32\)"):
+        load_checkpoint(tmp_path / "wrong.pt")
+    newer = payload(model)
+    torch.save({**newer, "format_version": FORMAT_VERSION + 1}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=f"version {FORMAT_VERSION + 1}"):
+        read_checkpoint(tmp_path / "newer.pt")

@@ -1,0 +1,56 @@
+"""Config: YAML + dotted overrides, typed, unknown keys and wrong types refused with the key path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from captioner.config import Config, ConfigError, from_dict, load_config, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert isinstance(load_config(path), Config), path
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config(REPO / "configs/shapes.yaml", ["train.epochs=3", "model.cell=gru",
+                                                         "train.learning_rate=1", "data.synthetic.num_train=10"])
+    assert config.train.epochs == 3 and config.model.cell == "gru"
+    assert config.train.learning_rate == 1.0 and isinstance(config.train.learning_rate, float)
+    assert config.data.synthetic.num_train == 10
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epoch=3", "train.epoch: unknown key"),
+    ("train.epochs=three", "train.epochs: expected int"),
+    ("model.dropout=yes", "model.dropout: expected float"),
+    ("model=3", "model: expected a section"),
+    ("nonsense", "expected key=value"),
+    ("data.synthetic.seed.x=1", "data.synthetic.seed: expected int"),
+])
+def test_bad_override_names_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    evil = tmp_path / "evil.yaml"
+    marker = tmp_path / "marker"
+    evil.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="evil.yaml: not a plain YAML config"):
+        load_config(evil)
+    assert not marker.exists()
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  optimiser: adam\n")
+    with pytest.raises(ConfigError, match="train.optimiser: unknown key"):
+        load_config(nested)
+
+
+def test_dict_round_trip():
+    config = load_config(REPO / "configs/shapes.yaml", ["model.num_layers=2"])
+    assert from_dict(to_dict(config)) == config

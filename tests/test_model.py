@@ -1,0 +1,73 @@
+"""Prove, then learn: loss at init ≈ ln V, every parameter gets a gradient, one batch can be overfit."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from captioner.config import Config
+from captioner.model import Captioner
+from captioner.vocab import Vocabulary
+
+CAPTIONS = ["a red circle", "a small blue square", "two shapes a red circle and a green triangle",
+            "a large yellow star above a blue circle"]
+
+
+def make_model(cell: str = "lstm", num_layers: int = 2, dropout: float = 0.0) -> Captioner:
+    torch.manual_seed(0)
+    config = Config()
+    config.model.embed_size, config.model.hidden_size = 32, 48
+    config.model.num_layers, config.model.cell, config.model.dropout = num_layers, cell, dropout
+    return Captioner(config, Vocabulary.build(CAPTIONS, min_count=1))
+
+
+def batch(model: Captioner) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (len(CAPTIONS), 3, 64, 64), dtype=torch.uint8, generator=generator)
+    encoded = [model.vocab.encode(text) for text in CAPTIONS]
+    captions = torch.zeros(len(encoded), max(map(len, encoded)), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        captions[row, : len(ids)] = torch.tensor(ids)
+    return images, captions
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "coupled", "gru"])
+def test_loss_at_init_is_log_vocabulary(cell):
+    model = make_model(cell)
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(0.01)  # near-uniform predictions, as a well-initialised head gives
+    logits, loss = model(*batch(model))
+    assert logits.shape[-1] == len(model.vocab)
+    assert abs(loss.item() - math.log(len(model.vocab))) < 0.05
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "coupled", "gru"])
+def test_every_parameter_gets_a_gradient(cell):
+    model = make_model(cell)
+    _, loss = model(*batch(model))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_padding_is_ignored_by_the_loss():
+    model = make_model().eval()
+    images, captions = batch(model)
+    padded = torch.cat([captions, torch.zeros(len(captions), 5, dtype=torch.long)], dim=1)
+    assert torch.allclose(model(images, captions)[1], model(images, padded)[1], atol=1e-6)
+
+
+def test_overfits_one_batch_and_generates_it_back():
+    model = make_model(num_layers=1)
+    images, captions = batch(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(images, captions)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    model.eval()
+    generated = [" ".join(g.words[0]) for g in model.generate(images, beam_size=2)]
+    assert generated == CAPTIONS

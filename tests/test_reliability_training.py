@@ -1,0 +1,305 @@
+"""Reliability of a training run under faults (issue 6, cases 4, 6, 7, 9, 10).
+
+Non-finite loss, gradients and weights; SIGINT/SIGTERM in a real subprocess; resume that reproduces an
+uninterrupted run bit for bit; an unwritable run directory and a full disk; a corrupted image met by a
+DataLoader worker. Runs train.py's `main` in-process where it can (fast), and a subprocess for signals.
+Bad resume targets are in test_reliability_checkpoints.py.
+"""
+from __future__ import annotations
+
+import errno
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from captioner import engine
+from captioner.config import load_config
+from captioner.data import load_dataset
+from captioner.run_setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
+from conftest import REPO, tiny_overrides
+
+CONFIG = str(REPO / "configs/shapes.yaml")
+STEPS_PER_EPOCH = 4  # tiny_overrides: 64 training images, batches of 16
+DROPOUT = ["model.dropout=0.3"]  # dropout draws from the RNG, so resume must restore it
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny shapes dataset, generated once for this module."""
+    root = tmp_path_factory.mktemp("reliability") / "data"
+    load_dataset(tiny_config(root, root.parent / "unused").data, log=lambda message: None)
+    return root
+
+
+def tiny_config(data_root: Path, run_dir: Path, *extra: str):
+    return load_config(CONFIG, [*tiny_overrides(data_root, run_dir), *DROPOUT, *extra])
+
+
+def train_main(data_root: Path, run_dir: Path, *extra: str, resume: Path | None = None) -> int:
+    resume_args = ["--resume", str(resume)] if resume else []
+    return train.main(["--config", CONFIG, *resume_args, *tiny_overrides(data_root, run_dir), *DROPOUT, *extra])
+
+
+def after_each_step(monkeypatch, hook) -> list[float]:
+    """Call hook(trainer) after every optimizer step; return the list that collects the per-step losses."""
+    losses: list[float] = []
+    original = engine.Trainer.train_step
+
+    def recorded_step(self, inputs, captions):
+        losses.append(original(self, inputs, captions))
+        hook(self)
+        return losses[-1]
+
+    monkeypatch.setattr(engine.Trainer, "train_step", recorded_step)
+    return losses
+
+
+def before_each_step(monkeypatch, hook) -> None:
+    """Call hook(trainer) before every optimizer step (progress["step"] is the number done so far)."""
+    original = engine.Trainer.train_step
+
+    def hooked_step(self, inputs, captions):
+        hook(self)
+        return original(self, inputs, captions)
+
+    monkeypatch.setattr(engine.Trainer, "train_step", hooked_step)
+
+
+def weights_are_finite(path: Path) -> bool:
+    state = torch.load(path, weights_only=True)["model"]
+    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def leftover_temporary_files(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("*.tmp"))
+
+
+# --- case 4: a non-finite loss, gradient or weight stops the run; nothing non-finite is saved ----------------
+
+def test_huge_learning_rate_exits_3_naming_the_step_and_the_last_finite_loss(data_root, tmp_path, monkeypatch, capsys):
+    losses = after_each_step(monkeypatch, lambda trainer: None)
+    code = train_main(data_root, tmp_path / "run", "train.learning_rate=1.0e+30", "train.lr_schedule=constant",
+                      "train.warmup_steps=0")
+    message = capsys.readouterr().err
+    assert code == 3, message
+    assert len(losses) == 1  # the first step is finite; the 1e30 update makes the second loss NaN
+    assert f"loss is not finite at step 2 (last finite loss: {losses[0]})" in message
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
+def test_nan_loss_after_a_saved_epoch_leaves_both_checkpoints_byte_identical(data_root, tmp_path, monkeypatch, capsys):
+    run_dir, saved = tmp_path / "run", {}
+
+    def poison_step_six(trainer) -> None:
+        if trainer.progress["step"] == STEPS_PER_EPOCH + 1:  # second epoch, after last.pt and best.pt were saved
+            saved.update({name: (run_dir / name).read_bytes() for name in ("last.pt", "best.pt")})
+            forward = trainer.model.forward
+            monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: (forward(*a, **k)[0], torch.tensor(float("nan"))))
+
+    before_each_step(monkeypatch, poison_step_six)
+    code = train_main(data_root, run_dir)
+    message = capsys.readouterr().err
+    assert code == 3, message
+    assert f"loss is not finite at step {STEPS_PER_EPOCH + 2}" in message and "last finite loss: " in message
+    assert saved and all((run_dir / name).read_bytes() == content for name, content in saved.items())
+    assert weights_are_finite(run_dir / "best.pt") and not leftover_temporary_files(run_dir)
+
+
+def test_non_finite_gradient_is_caught_before_the_optimizer_step(data_root, tmp_path, monkeypatch):
+    trainer = engine.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None)
+    before: dict[str, torch.Tensor] = {}
+
+    def overflow_in_backward(trainer) -> None:
+        if trainer.progress["step"] == 2:  # the loss stays finite; only the gradient overflows
+            before.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+            next(trainer.model.parameters()).register_hook(lambda gradient: gradient * float("inf"))
+
+    before_each_step(monkeypatch, overflow_in_backward)
+    with pytest.raises(NonFiniteLoss, match="gradient norm is not finite at step 3"):
+        trainer.fit()
+    after = trainer.model.state_dict()
+    assert before and all(torch.equal(before[name], after[name]) for name in before)  # no update was applied
+
+
+def test_non_finite_weights_are_never_written_as_last_or_best(data_root, tmp_path, monkeypatch):
+    trainer = engine.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None)
+
+    def blow_up_last_update(trainer) -> None:  # as if the epoch's last update overflowed
+        if trainer.progress["step"] == STEPS_PER_EPOCH:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("inf"))
+
+    after_each_step(monkeypatch, blow_up_last_update)
+    with pytest.raises(NonFiniteLoss, match=rf"weight \S+ \(so last.pt was not written\) is not finite at step {STEPS_PER_EPOCH}"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "run" / "best.pt").exists()
+
+
+# --- case 7: k steps, stop, resume == N steps straight ------------------------------------------------------
+
+def stop_after(monkeypatch, steps: int | None) -> list[float]:
+    """Record per-step losses; after `steps` steps raise a real SIGINT at the trainer (None: never)."""
+
+    def maybe_interrupt(trainer) -> None:
+        if trainer.progress["step"] == steps:
+            assert isinstance(getattr(signal.getsignal(signal.SIGINT), "__self__", None), engine._StopOnSignal)
+            signal.raise_signal(signal.SIGINT)
+
+    return after_each_step(monkeypatch, maybe_interrupt)
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_root, tmp_path_factory) -> tuple[list[float], Path]:
+    """Two epochs without a stop: per-step losses and the run directory."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        losses = stop_after(monkeypatch, None)
+        engine.Trainer(tiny_config(data_root, run_dir), log=lambda message: None).fit()
+    return losses, run_dir
+
+
+@pytest.mark.parametrize("stop_step", [3, STEPS_PER_EPOCH + 2], ids=["mid_first_epoch", "mid_second_epoch"])
+def test_resume_reproduces_the_uninterrupted_run_exactly(data_root, straight_run, tmp_path, monkeypatch, stop_step):
+    straight_losses, straight_dir = straight_run
+    run_dir, log = tmp_path / "run", []
+    losses = stop_after(monkeypatch, stop_step)
+    with pytest.raises(TrainingInterrupted):
+        engine.Trainer(tiny_config(data_root, run_dir), log=log.append).fit()
+    progress = torch.load(run_dir / "last.pt", weights_only=True)["progress"]
+    assert (progress["step"], progress["batch"]) == (stop_step, stop_step % STEPS_PER_EPOCH)  # mid-epoch
+    engine.Trainer(tiny_config(data_root, run_dir), resume=run_dir / "last.pt", log=log.append).fit()
+    assert any(f"at epoch {stop_step // STEPS_PER_EPOCH}, batch {stop_step % STEPS_PER_EPOCH}" in line for line in log)
+    assert len(losses) == len(straight_losses) == 2 * STEPS_PER_EPOCH
+    assert losses == straight_losses  # bitwise: RNG (dropout), optimizer, scheduler and data order restored
+    resumed, straight = (torch.load(d / "last.pt", weights_only=True) for d in (run_dir, straight_dir))
+    assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
+    assert resumed["scheduler"]["last_epoch"] == straight["scheduler"]["last_epoch"] == 2 * STEPS_PER_EPOCH
+    without_time = [{k: v for k, v in entry.items() if k != "epoch_seconds"} for entry in resumed["history"]]
+    assert without_time == [{k: v for k, v in entry.items() if k != "epoch_seconds"} for entry in straight["history"]]
+
+
+# --- case 6: SIGINT/SIGTERM in a real process ---------------------------------------------------------------
+
+SLOW_STEPS = """
+import sys, time
+from captioner import engine
+original = engine.Trainer.train_step
+def slow_step(self, inputs, captions):
+    print(f"starting step {self.progress['step'] + 1}", flush=True)
+    time.sleep(float(sys.argv[1]))
+    return original(self, inputs, captions)
+engine.Trainer.train_step = slow_step
+import train
+sys.exit(train.main(sys.argv[2:]))
+"""
+
+
+def start_slow_training(data_root: Path, run_dir: Path, seconds_per_step: float) -> subprocess.Popen:
+    command = [sys.executable, "-u", "-c", SLOW_STEPS, str(seconds_per_step), "--config", CONFIG,
+               *tiny_overrides(data_root, run_dir), *DROPOUT]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(process: subprocess.Popen, wanted: str) -> None:
+    for line in process.stdout:
+        if line.strip() == wanted:
+            return
+    pytest.fail(f"training ended before printing {wanted!r}: {process.stderr.read()[-2000:]}")
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_mid_epoch_finishes_the_step_saves_atomically_and_exits_130(data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_slow_training(data_root, run_dir, seconds_per_step=0.5)
+    wait_for_line(process, "starting step 3")
+    process.send_signal(signal.SIGTERM)  # arrives while step 3 is running
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED == 130, stderr[-2000:]
+    assert f"interrupted: saved {run_dir / 'last.pt'}; continue with --resume" in stderr
+    progress = torch.load(run_dir / "last.pt", weights_only=True)["progress"]
+    assert (progress["epoch"], progress["batch"], progress["step"]) == (0, 3, 3)  # step 3 finished, no step 4
+    assert not leftover_temporary_files(run_dir) and not (run_dir / "best.pt").exists()
+
+
+@pytest.mark.timeout(120)
+def test_second_sigint_exits_at_once_without_saving(data_root, tmp_path):
+    run_dir, seconds_per_step = tmp_path / "run", 5.0
+    process = start_slow_training(data_root, run_dir, seconds_per_step)
+    wait_for_line(process, "starting step 2")
+    process.send_signal(signal.SIGINT)  # first: finish the step, then save
+    time.sleep(0.3)
+    sent = time.perf_counter()
+    process.send_signal(signal.SIGINT)  # second: stop now
+    _, stderr = process.communicate(timeout=60)
+    assert time.perf_counter() - sent < seconds_per_step / 2  # did not wait for the step to finish
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped at once by a second interrupt" in stderr and "Traceback" not in stderr
+    assert not (run_dir / "last.pt").exists() and not leftover_temporary_files(run_dir)
+
+
+# --- case 9: unwritable output, full disk -------------------------------------------------------------------
+
+def test_run_dir_that_cannot_be_created_is_refused_before_any_work(data_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")  # tests run as root, so chmod would not stop the write
+    code = train_main(data_root, blocker / "run")
+    output = capsys.readouterr()
+    assert code == 2
+    assert f"run_dir={blocker / 'run'}: not writable" in output.err
+    assert "data:" not in output.out  # refused before the dataset was read
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_exits_4(data_root, tmp_path, monkeypatch, capsys):
+    run_dir, saved, real_save = tmp_path / "run", {}, torch.save
+    calls = []
+
+    def save_until_the_disk_fills(payload, handle, *args, **kwargs):
+        calls.append(handle)
+        if len(calls) < 3:  # epoch 1: last.pt, best.pt
+            return real_save(payload, handle, *args, **kwargs)
+        saved["last.pt"] = (run_dir / "last.pt").read_bytes()
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    code = train_main(data_root, run_dir)
+    message = capsys.readouterr().err
+    assert code == 4, message
+    assert f"could not save checkpoint {run_dir / 'last.pt'} (No space left on device)" in message
+    assert (run_dir / "last.pt").read_bytes() == saved["last.pt"]
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 1
+    assert not leftover_temporary_files(run_dir)
+
+
+# --- case 10: an exception inside a DataLoader worker -------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_corrupted_image_in_a_worker_names_sample_and_file_without_hanging(data_root, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)  # this test damages an image after the dataset check
+    monkeypatch.setattr(engine, "BANK_BUDGET_BYTES", 0)  # no in-memory bank: workers decode the files
+    damaged = {}
+    original = engine.Trainer.training_data
+
+    def damage_one_image(self):
+        record = self.splits["train"][5]
+        Path(record.path).write_bytes(b"\xff\xd8\xff\xe0 garbage, no longer a JPEG")
+        damaged["path"] = record.path
+        return original(self)
+
+    monkeypatch.setattr(engine.Trainer, "training_data", damage_one_image)
+    started = time.perf_counter()
+    code = train_main(root, tmp_path / "run", "train.num_workers=2")
+    message = capsys.readouterr().err
+    assert time.perf_counter() - started < 60
+    assert code == 2, message
+    lines = message.strip().splitlines()
+    assert len(lines) == 1 and "training sample 5 " in lines[0] and f"file {damaged['path']}" in lines[0]
+
