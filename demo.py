@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
@@ -25,7 +26,7 @@ from captioner import inside
 from captioner.demo_support import (DECODING_MODES, MAX_BATCH_IMAGES, MAX_BEAM_SIZE, MAX_CAPTION_LENGTH,
                                     DecodingOptions, DemoInputError, ModelCatalog, alternatives_table,
                                     caption_images, caption_pixels, caption_text, checkpoint_label, find_checkpoints,
-                                    model_summary, pixels_of, read_upload)
+                                    model_summary, pixels_of, read_upload, read_uploads)
 from captioner.images import ImageError
 
 TRAIN_COMMAND = "python train.py --config configs/shapes.yaml"
@@ -45,77 +46,73 @@ class UploadedImage(gr.Image):
         return None if payload is None or payload.path is None else str(payload.path)
 
 
-def refusal(error: Exception) -> gr.Error:
-    """A one-line message for the page; loader and input errors already name the file, never a path."""
-    if isinstance(error, CheckpointError):
-        return gr.Error("The selected model could not be loaded; see the server log.", print_exception=False)
-    return gr.Error(str(error).splitlines()[0], print_exception=False)
-
-
 REFUSED = (ImageError, DemoInputError, CheckpointError)
+BEAM_SEARCH = DECODING_MODES[0]
 
 
-def make_handlers(catalog: ModelCatalog) -> dict:
-    """The request functions, closed over the catalog. Settings arrive as sliders' floats."""
+@contextmanager
+def shown_to_user():
+    """Refusals become a one-line gr.Error for the page. Loader and input errors already name the
+    file, never a server path; a checkpoint error would, so it is replaced by a plain sentence.
+    Anything else stays a server-side error, which the page shows without its message."""
+    try:
+        yield
+    except REFUSED as error:
+        message = str(error).splitlines()[0]
+        if isinstance(error, CheckpointError):
+            message = "The selected model could not be loaded; see the server log."
+        raise gr.Error(message, print_exception=False) from None
 
-    def options(beam_size, max_length, decoding, temperature) -> DecodingOptions:
-        return DecodingOptions(decoding or DECODING_MODES[0], int(beam_size), int(max_length), float(temperature))
 
-    def caption(image_path, beam_size=3, max_length=20, decoding=DECODING_MODES[0], temperature=1.0, model=None):
-        try:
-            chosen = catalog.get(model or catalog.labels[0])
-            settings = options(beam_size, max_length, decoding, temperature)
-            generation = caption_images(chosen, [read_upload(image_path)], settings)[0]
-        except REFUSED as error:
-            raise refusal(error) from None
+class Handlers:
+    """The request functions behind the page and the API. Sliders send floats; the defaults let a
+    gradio_client caller pass just the image (and the beam size)."""
+
+    def __init__(self, catalog: ModelCatalog) -> None:
+        self.catalog = catalog
+
+    def prepare(self, model: str | None, beam_size: float, max_length: float, decoding: str | None,
+                temperature: float) -> tuple:
+        """(the chosen model, validated DecodingOptions)."""
+        options = DecodingOptions(decoding or BEAM_SEARCH, int(beam_size), int(max_length), float(temperature))
+        return self.catalog.get(model or self.catalog.labels[0]), options
+
+    def caption(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,
+                decoding: str = BEAM_SEARCH, temperature: float = 1.0, model: str | None = None) -> tuple:
+        """-> (caption, alternatives table); the API returns the caption only (the table is gr.State)."""
+        with shown_to_user():
+            chosen, options = self.prepare(model, beam_size, max_length, decoding, temperature)
+            generation = caption_images(chosen, [read_upload(image_path)], options)[0]
         return caption_text(generation), alternatives_table(generation)
 
-    def caption_batch(files, beam_size=3, max_length=20, decoding=DECODING_MODES[0], temperature=1.0, model=None):
-        try:
-            paths = [str(file) for file in (files or [])]
-            if not paths:
-                raise DemoInputError("Please upload one or more images first.")
-            if len(paths) > MAX_BATCH_IMAGES:
-                raise DemoInputError(f"{len(paths)} files: at most {MAX_BATCH_IMAGES} images per batch")
-            chosen = catalog.get(model or catalog.labels[0])
-            settings = options(beam_size, max_length, decoding, temperature)
-            images, names, skipped = [], [], []
-            for path in paths:
-                try:
-                    images.append(read_upload(path))
-                    names.append(Path(path).name)
-                except ImageError as error:  # one bad file does not spoil the batch
-                    skipped.append(str(error))
-            if not images:
-                raise DemoInputError(f"No image could be read: {skipped[0]}")
-            generations = caption_images(chosen, images, settings)
-        except REFUSED as error:
-            raise refusal(error) from None
+    def caption_batch(self, files: list[str] | None, beam_size: float = 3, max_length: float = 20,
+                      decoding: str = BEAM_SEARCH, temperature: float = 1.0, model: str | None = None) -> tuple:
+        """-> (gallery of (thumbnail, "name: caption"), notes naming any file that was skipped)."""
+        with shown_to_user():
+            chosen, options = self.prepare(model, beam_size, max_length, decoding, temperature)
+            images, names, skipped = read_uploads([str(file) for file in (files or [])])
+        generations = caption_images(chosen, images, options)
         gallery = [(_thumbnail(image), f"{name}: {caption_text(generation)}")
                    for image, name, generation in zip(images, names, generations)]
         notes = "\n".join(f"- skipped {reason}" for reason in skipped) or f"Captioned {len(images)} image(s)."
         return gallery, notes
 
-    def look_inside(image_path, beam_size=3, max_length=20, decoding=DECODING_MODES[0], temperature=1.0, model=None):
-        try:
-            chosen = catalog.get(model or catalog.labels[0])
-            settings = options(beam_size, max_length, decoding, temperature)
+    def look_inside(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,
+                    decoding: str = BEAM_SEARCH, temperature: float = 1.0, model: str | None = None) -> tuple:
+        """-> (caption header, gate plot, cell heatmap, word probabilities)."""
+        with shown_to_user():
+            chosen, options = self.prepare(model, beam_size, max_length, decoding, temperature)
             pixels = pixels_of(chosen, [read_upload(image_path)])  # (1, 3, S, S)
-        except REFUSED as error:
-            raise refusal(error) from None
-        generation = caption_pixels(chosen, pixels, settings)[0]
+        generation = caption_pixels(chosen, pixels, options)[0]
         trace = inside.trace_caption(chosen, pixels, generation.token_ids[0], generation.finished[0])
         header = f"**Caption:** {caption_text(generation)}  \n*cell:* `{trace.cell}`, {len(trace.layers)} layer(s)"
         return header, inside.plot_gates(trace), inside.plot_cells(trace), inside.plot_probabilities(trace)
 
-    def describe(model=None):
-        try:
-            label = model or catalog.labels[0]
-            return model_summary(catalog.get(label), catalog.checkpoints[label])
-        except REFUSED as error:
-            raise refusal(error) from None
-
-    return {"caption": caption, "caption_batch": caption_batch, "inside": look_inside, "describe": describe}
+    def describe(self, model: str | None = None) -> str:
+        """The model summary (Markdown) for the dropdown's choice."""
+        label = model or self.catalog.labels[0]
+        with shown_to_user():
+            return model_summary(self.catalog.get(label), self.catalog.checkpoints[label])
 
 
 def _thumbnail(image, side: int = 256):
@@ -127,27 +124,27 @@ def _thumbnail(image, side: int = 256):
 def build_app(models) -> gr.Blocks:
     """The page. `models` is a ModelCatalog, or one Captioner already in memory."""
     catalog = models if isinstance(models, ModelCatalog) else ModelCatalog.single(models)
-    handlers = make_handlers(catalog)
+    handlers = Handlers(catalog)
     with gr.Blocks(title="captioner", analytics_enabled=False) as app:
         gr.Markdown("# captioner\nA CNN encoder feeding a hand-written, explicit LSTM decoder (Show and Tell).")
         with gr.Row():
-            model = gr.Dropdown(catalog.labels, value=catalog.labels[0], label="Model (checkpoints under the runs directory)",
-                                scale=1, elem_id="model-choice")
-            summary = gr.Markdown(handlers["describe"](catalog.labels[0]), elem_id="model-summary")
+            model = gr.Dropdown(catalog.labels, value=catalog.labels[0], scale=1, elem_id="model-choice",
+                                label="Model (checkpoints under the runs directory)")
+            summary = gr.Markdown(handlers.describe(catalog.labels[0]), elem_id="model-summary")
         with gr.Tab("Caption", id="caption-tab"):
             image, settings = _caption_tab(handlers, model)
         with gr.Tab("Inside the LSTM", id="inside-tab"):
             _inside_tab(handlers, image, settings, model)
-        model.change(handlers["describe"], model, summary, api_name="model_summary")
+        model.change(handlers.describe, model, summary, api_name="model_summary")
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return app
 
 
-def _caption_tab(handlers: dict, model: gr.Dropdown) -> tuple[gr.Image, list]:
+def _caption_tab(handlers: Handlers, model: gr.Dropdown) -> tuple[gr.Image, list]:
     with gr.Row():
         with gr.Column(scale=1):
-            image = UploadedImage(type="filepath", label="Image (upload, drop or paste)", sources=["upload", "clipboard"],
-                                  height=300, elem_id="single-image")
+            image = UploadedImage(type="filepath", label="Image (upload, drop or paste)", height=300,
+                                  sources=["upload", "clipboard"], elem_id="single-image")
             examples = sorted(path for path in EXAMPLES_DIR.glob("*.jpg"))
             if examples:
                 gr.Examples([[str(path)] for path in examples], inputs=image, label="Examples")
@@ -159,10 +156,11 @@ def _caption_tab(handlers: dict, model: gr.Dropdown) -> tuple[gr.Image, list]:
             button = gr.Button("Caption", variant="primary", elem_id="caption-button")
             output = gr.Textbox(label="Caption", interactive=False, elem_id="caption-text")
             alternatives = gr.Dataframe(headers=["rank", "caption", "log p", "finished"], label="Beam alternatives",
-                                        interactive=False, elem_id="alternatives")
+                                        interactive=False, wrap=True, column_widths=["10%", "60%", "15%", "15%"],
+                                        elem_id="alternatives")
     settings = [beam, length, decoding, temperature, model]
     table = gr.State()
-    button.click(handlers["caption"], [image, *settings], [output, table], api_name="caption").then(
+    button.click(handlers.caption, [image, *settings], [output, table], api_name="caption").then(
         lambda rows: rows, table, alternatives, api_visibility="private")
     with gr.Accordion("Many images at once", open=False):
         files = gr.File(file_count="multiple", file_types=["image"], label=f"Images (up to {MAX_BATCH_IMAGES})",
@@ -170,11 +168,11 @@ def _caption_tab(handlers: dict, model: gr.Dropdown) -> tuple[gr.Image, list]:
         batch_button = gr.Button("Caption all", elem_id="batch-button")
         gallery = gr.Gallery(label="Captions", columns=4, elem_id="batch-gallery")
         notes = gr.Markdown()
-        batch_button.click(handlers["caption_batch"], [files, *settings], [gallery, notes], api_name="caption_batch")
+        batch_button.click(handlers.caption_batch, [files, *settings], [gallery, notes], api_name="caption_batch")
     return image, settings
 
 
-def _inside_tab(handlers: dict, image: gr.Image, settings: list, model: gr.Dropdown) -> None:
+def _inside_tab(handlers: Handlers, image: gr.Image, settings: list, model: gr.Dropdown) -> None:
     gr.Markdown("Uses the image and decoding settings of the **Caption** tab. " + inside.EXPLANATION,
                 elem_id="inside-explanation")
     button = gr.Button("Look inside", variant="primary", elem_id="inside-button")
@@ -182,13 +180,14 @@ def _inside_tab(handlers: dict, image: gr.Image, settings: list, model: gr.Dropd
     gates = gr.Plot(label="Gates: mean activation per word and layer", format="png", elem_id="gate-plot")
     cells = gr.Plot(label="Cells: the most active units", format="png", elem_id="cell-plot")
     probabilities = gr.Plot(label="How sure was each word?", format="png", elem_id="probability-plot")
-    button.click(handlers["inside"], [image, *settings], [header, gates, cells, probabilities], api_name="inside")
+    button.click(handlers.look_inside, [image, *settings], [header, gates, cells, probabilities], api_name="inside")
 
 
 def launch_options(host: str = "127.0.0.1", port: int | None = None) -> dict:
     """Keyword arguments for `launch`: the safe defaults, shared by main() and the tests."""
     return {"server_name": host, "server_port": port, "share": False, "max_file_size": MAX_FILE_SIZE,
-            "show_error": False, "ssr_mode": False, "enable_monitoring": False, "mcp_server": False, "pwa": False}
+            "show_error": False, "ssr_mode": False, "enable_monitoring": False, "mcp_server": False, "pwa": False,
+            "run_history": False, "footer_links": ["api", "settings"]}  # no /monitoring, no MCP, no saved runs
 
 
 def find_models(checkpoint: str | None, runs_dir: str, device: str) -> ModelCatalog:
@@ -209,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Caption images in a web page (Gradio).")
     parser.add_argument("--checkpoint", default=None, help="checkpoint to show first (default: runs/shapes/best.pt "
                         "or the first run found under --runs-dir)")
-    parser.add_argument("--runs-dir", default="runs", help="offer every run's best.pt under this directory (default: %(default)s)")
+    parser.add_argument("--runs-dir", default="runs",
+                        help="offer every run's best.pt under this directory in a dropdown (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

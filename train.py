@@ -3,6 +3,8 @@
     python train.py                                   # built-in shapes dataset, configs/shapes.yaml
     python train.py --config configs/shapes.yaml train.epochs=3 model.cell=gru
     python train.py --resume runs/shapes/last.pt      # continue an interrupted run
+    torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/distributed.py)
+    python train.py --config configs/scorer.yaml      # a `task: scorer` config: the image–sentence scorer
 
 Every config key can be overridden as a dotted key=value word. At the end the best checkpoint is
 evaluated on the test split, <run_dir>/metrics.json is written and the run directory is printed.
@@ -23,6 +25,8 @@ from captioner.config import ConfigError, load_config
 from captioner.data.records import DatasetFormatError
 from captioner.encoders import EncoderError
 from captioner.run_setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
+from captioner.train_scorer import is_scorer_config
+from captioner.train_scorer import main as train_scorer
 
 DEFAULT_CONFIG = "configs/shapes.yaml"
 
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkpoint to continue from (e.g. runs/shapes/last.pt), or a run directory: its last.pt")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
+    if is_scorer_config(args.config):  # captioner/train_scorer.py trains and measures the scorer
+        if args.resume:
+            parser.error("--resume: a scorer run (task: scorer) cannot be resumed; start it again")
+        return train_scorer(["--config", args.config, *args.overrides])
     try:
         config = load_config(args.config, args.overrides)
         from captioner.engine import Trainer  # after the config check: a bad key fails before torch loads
@@ -53,12 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         print(str(stop), file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("stopped at once by a second interrupt; checkpoints on disk are as last saved", file=sys.stderr)
+        print("stopped at once by an interrupt; checkpoints on disk are as last saved", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        _leave_process_group()
+    if not trainer.cluster.is_main:  # under torchrun, rank 0 prints the result
+        return 0
     summary = {k: metrics[k] for k in metrics if k not in ("examples", "history")}
     print(json.dumps(summary, indent=2))
     print(trainer.run_dir)
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group (captioner.distributed is loaded only once training starts)."""
+    module = sys.modules.get("captioner.distributed")
+    if module is not None:
+        module.shutdown()
 
 
 def _one_line(error: Exception) -> str:

@@ -61,6 +61,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found" + (" (it is a directory)" if path.is_dir() else ""))
+    _verify_checksums(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -74,6 +75,19 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version}, this captioner reads version {FORMAT_VERSION}")
     return payload
+
+
+def _verify_checksums(path: Path) -> None:
+    """Check every record's CRC-32 in the zip archive that torch.save writes. torch.load does not,
+    so without this a flipped bit inside a tensor would load silently as a different model."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception as error:  # any way of failing to read the archive means the file is not intact
+        raise CheckpointError(f"{path}: checkpoint is damaged (not a complete zip archive: "
+                              f"{type(error).__name__})") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path}: checkpoint is damaged (checksum mismatch in {damaged})")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):

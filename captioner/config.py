@@ -62,6 +62,7 @@ class ModelConfig:
     num_layers: int = 1  # stacked recurrent layers
     cell: str = "lstm"  # rnn | lstm | peephole | coupled | gru
     dropout: float = 0.3  # on embeddings, between layers and before the output layer
+    attention: bool = False  # soft attention over the encoder's feature map (Show, Attend and Tell)
 
 
 @dataclass
@@ -77,6 +78,8 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | constant
     warmup_steps: int = 100  # linear warm-up before the schedule
     grad_clip: float = 5.0  # clip the global gradient norm to this (0 = off)
+    precision: str = "fp32"  # fp32 | bf16 (autocast: bfloat16 matmuls, fp32 weights, no loss scaling needed)
+    scale_lr: bool = False  # under torchrun, multiply the learning rates by the number of processes
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     seed: int = 0  # seeds python, torch and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -20,7 +20,7 @@ from PIL import Image
 
 from captioner.checkpoint import load_checkpoint
 from captioner.decoding import Generation
-from captioner.images import load_image
+from captioner.images import ImageError, load_image
 
 DECODING_MODES = ("beam search", "greedy", "sampling")
 MAX_BEAM_SIZE = 10
@@ -119,6 +119,25 @@ def read_upload(path: str | Path | None) -> Image.Image:
     if not path:
         raise DemoInputError("Please upload an image first.")
     return load_image(path, name=Path(path).name)
+
+
+def read_uploads(paths: list[str]) -> tuple[list[Image.Image], list[str], list[str]]:
+    """A batch of uploads -> (images, their file names, one reason per file that was skipped).
+    One bad file does not spoil the batch; a batch with no readable image is refused."""
+    if not paths:
+        raise DemoInputError("Please upload one or more images first.")
+    if len(paths) > MAX_BATCH_IMAGES:
+        raise DemoInputError(f"{len(paths)} files: at most {MAX_BATCH_IMAGES} images per batch")
+    images, names, skipped = [], [], []
+    for path in paths:
+        try:
+            images.append(read_upload(path))
+            names.append(Path(path).name)
+        except ImageError as error:
+            skipped.append(str(error))
+    if not images:
+        raise DemoInputError(f"No image could be read: {skipped[0]}")
+    return images, names, skipped
 
 
 def pixels_of(model, images: list[Image.Image]) -> torch.Tensor:

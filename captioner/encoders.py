@@ -55,6 +55,10 @@ class SmallCNN(nn.Module):
             previous = width
         self.blocks = nn.Sequential(*layers)
         self.feature_dim = previous * 4 * 4
+        self.map_channels = previous
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)  # (B, 3, 64, 64) -> (B, C, 4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).flatten(1)  # (B, 3, 64, 64) -> (B, C, 4, 4) -> (B, 16C)
@@ -73,6 +77,7 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
         self.blocks: list[nn.Module] = _blocks(backbone)  # plain list: not registered twice in the state dict
         self.frozen = False  # set by freeze()
+        self.spatial = False  # set by use_regions(): forward returns one feature per image region
         self.trainable_blocks: list[nn.Module] = []  # with frozen, the blocks that still train
 
     def freeze(self, trainable_blocks: int = 0) -> None:
@@ -107,9 +112,25 @@ class Encoder(nn.Module):
         image = TF.center_crop(image, [spec.image_size, spec.image_size])
         return TF.pil_to_tensor(image)  # (3, S, S) uint8
 
+    def use_regions(self) -> int:
+        """Switch forward to the unpooled map, (B, h*w, C), for attention; returns C."""
+        source = self._map_source()
+        if source is None:
+            raise EncoderError(f"model.attention=true: {self.name} gives no feature map here; "
+                               "use model.backbone=efficientnet_lite0 (or small_cnn)")
+        self.spatial = True
+        return source.map_channels
+
+    def _map_source(self) -> nn.Module | None:
+        source = self.backbone[0] if isinstance(self.backbone, nn.Sequential) else self.backbone
+        return source if hasattr(source, "feature_map") else None
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.mean.dtype) / 255.0  # uint8 (B, 3, S, S) -> float in [0, 1]
         x = (x - self.mean) / self.std
+        if self.spatial:
+            feature_map = self._map_source().feature_map(x)  # (B, C, h, w)
+            return feature_map.flatten(2).transpose(1, 2)  # (B, h*w, C): one row per image region
         return self.backbone(x)  # (B, F)
 
 
@@ -144,9 +165,12 @@ class _Features(nn.Module):
         # belong to the last unit (fine-tuning any block also trains the head).
         blocks = list(network.blocks)
         self.blocks = blocks[:-1] + [nn.ModuleList([blocks[-1], network._conv_head, network._bn1])]
+        self.map_channels = network._conv_head.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.forward_features(x)
+        return self.network.forward_features(x)  # (B, C, h, w)
+
+    feature_map = forward
 
 
 def _blocks(backbone: nn.Module) -> list[nn.Module]:

@@ -15,19 +15,20 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from captioner import distributed
 from captioner.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
-from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint, save_checkpoint
+from captioner.checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from captioner.config import Config, save_yaml, to_dict
 from captioner.data import load_dataset
 from captioner.evaluation import evaluate
 from captioner.features import FeatureCache
 from captioner.model import Captioner
-from captioner.run_setup import (EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted, build_optimizer,
-                                 build_scheduler, prepare_run_dir, resolve_device, restore_rng, resume_target, rng_state,
-                                 seed_everything)
+from captioner.run_setup import (EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted, autocast, build_optimizer,
+                                 build_scheduler, check_same_model, prepare_run_dir, resolve_device, restore_rng,
+                                 resume_target, rng_state, seed_everything)
 from captioner.vocab import Vocabulary
 
-BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size
+BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size per machine, else stream
 
 
 class Trainer:
@@ -38,10 +39,17 @@ class Trainer:
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
         resume = resume_target(resume) if resume else None
         resumed = read_checkpoint(resume) if resume else None  # a bad target fails before anything is written
+        if resumed:
+            check_same_model(resumed["config"], config, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
         seed_everything(config.train.seed)
         self.device = resolve_device(config.train.device, config.train.threads)
-        self.splits = load_dataset(config.data, log=log)
+        autocast(config.train.precision, self.device)  # a bad train.precision fails before any work
+        self.cluster, self.device = distributed.setup(self.device)  # under torchrun: join the group, one GPU per rank
+        if not self.cluster.is_main:
+            self.log = log = _quiet  # only rank 0 logs
+        with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
+            self.splits = load_dataset(config.data, log=log)
         if not self.splits["train"]:
             raise ValueError(f"data.root={config.data.root}: the train split is empty")
         self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
@@ -52,17 +60,26 @@ class Trainer:
         if len(groups) > 1:  # fine-tuning: same optimizer settings, one parameter group per learning rate
             self.optimizer = type(self.optimizer)(groups, **self.optimizer.defaults)
         self.feature_cache = self.make_feature_cache()
+        self.training_model = distributed.wrap(self.model, self.cluster)  # DDP: gradients averaged across ranks
+        distributed.seed_rank(config.train.seed, self.cluster)
+        if config.train.scale_lr:
+            distributed.scale_learning_rates(self.optimizer, self.cluster.world_size)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch())
         self.progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_bleu4": -1.0}
         self.history: list[dict[str, Any]] = []
         if resumed:
             self.restore(resumed, resume)
-        save_yaml(config, self.run_dir / "config.yaml")
+        if self.cluster.is_main:
+            save_yaml(config, self.run_dir / "config.yaml")
+        if self.cluster.enabled:
+            self.log(distributed.describe(self.cluster, config.train.batch_size, config.train.learning_rate,
+                                          config.train.scale_lr))
         self.log(f"vocabulary: {len(self.vocab)} words | parameters: {sum(p.numel() for p in self.model.parameters()):,}"
                  f" | device: {self.device} | run: {self.run_dir}")
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.splits["train"]) / self.config.train.batch_size)
+        batches = math.ceil(len(self.splits["train"]) / self.config.train.batch_size)  # of one process
+        return distributed.steps_per_epoch(batches, self.cluster)
 
     def fit(self) -> dict[str, Any]:
         train = self.config.train
@@ -72,7 +89,7 @@ class Trainer:
             while self.progress["epoch"] < train.epochs and not self.reached_max_steps():
                 self.train_epoch(dataset, stop)
                 self.end_epoch()
-                if stop.requested:  # the signal came during validation; end_epoch has just saved last.pt
+                if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
                     raise TrainingInterrupted(self.run_dir / "last.pt")
         return self.test()
 
@@ -93,13 +110,18 @@ class Trainer:
     def inputs(self, records):
         """What the model reads for `records`: cached features (frozen encoder), else preprocessed pixels."""
         if self.feature_cache is not None:
-            return self.feature_cache.features(records)
+            return self.stored_features(records)
         return self.pixels(records)
+
+    def stored_features(self, records):
+        """Cached features of `records`; rank 0 encodes missing images first, the other ranks then read its shards."""
+        with distributed.main_first(self.cluster):
+            return self.feature_cache.features(records)
 
     def pixels(self, records) -> torch.Tensor | None:
         """Preprocessed uint8 pixels when they fit in memory, else None (read from disk per batch)."""
         side = self.model.encoder.preprocessing.image_size
-        if len(records) * 3 * side * side > BANK_BUDGET_BYTES:
+        if len(records) * 3 * side * side > BANK_BUDGET_BYTES // self.cluster.local_world_size:  # ranks share RAM
             return None
         started = time.perf_counter()
         bank = build_image_bank(records, self.model.encoder.preprocess)
@@ -110,19 +132,20 @@ class Trainer:
         train, epoch = self.config.train, self.progress["epoch"]
         dataset.epoch = epoch
         batches = epoch_batches(len(dataset), train.batch_size, train.seed, epoch)[self.progress["batch"] :]
+        batches = distributed.shard_batches(batches, self.cluster)  # this rank's batch of each step
         loader = make_loader(dataset, batches, self.vocab.pad_id, train.num_workers, self.device.type == "cuda")
         self.model.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch", dynamic_ncols=True,
-                   mininterval=1.0 if self.interactive else 30.0)
+                   mininterval=1.0 if self.interactive else 30.0, disable=not self.cluster.is_main)
         started, captions_seen = time.perf_counter(), 0
         for inputs, captions in bar:
             loss = self.train_step(inputs, captions)
-            self.progress["batch"] += 1
-            captions_seen += captions.size(0)
+            self.progress["batch"] += self.cluster.world_size  # global batches done: a resume skips them, whatever W
+            captions_seen += captions.size(0) * self.cluster.world_size
             if self.progress["step"] % train.log_every == 0 or self.progress["batch"] == 1:
                 rate = captions_seen / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{loss:.3f}", captions_per_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
-            if stop.requested:
+            if distributed.any_rank(stop.requested, self.cluster):
                 self.save("last.pt")
                 raise TrainingInterrupted(self.run_dir / "last.pt")
             if self.reached_max_steps():
@@ -132,10 +155,11 @@ class Trainer:
     def train_step(self, inputs: torch.Tensor, captions: torch.Tensor) -> float:
         """One optimizer step; inputs are cached features (B, F) with the feature cache, else pixels."""
         inputs, captions = inputs.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
-        features = inputs if self.feature_cache is not None else self.model.encoder(inputs)  # (B, F)
-        features = features.repeat_interleave(self.config.train.captions_per_image, dim=0)  # (B*C, F)
-        _, loss = self.model(None, captions, features=features)
-        if not torch.isfinite(loss):
+        cached = self.feature_cache is not None
+        with autocast(self.config.train.precision, self.device):  # bf16: see run_setup.autocast
+            _, loss = self.training_model(None if cached else inputs, captions, features=inputs if cached else None,
+                                          captions_per_image=self.config.train.captions_per_image)
+        if distributed.any_rank(not torch.isfinite(loss), self.cluster):  # all ranks stop, none waits in backward
             raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,15 +179,16 @@ class Trainer:
         """Validate with free-running generation, then save last.pt and, if improved, best.pt."""
         ev = self.config.eval
         metrics, captions = evaluate(self.evaluated_model(), self.validation_records(), "val", ev.val_beam_size,
-                                     ev.max_length, ev.batch_size, self.val_inputs)
+                                     ev.max_length, ev.batch_size, self.val_inputs, self.cluster)
         self.progress["epoch"] += 1
         self.progress["batch"] = 0
         entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
                  "epoch_seconds": round(getattr(self, "epoch_seconds", 0.0), 1), **metrics}
         self.history.append(entry)
         self.log(json.dumps(entry) + f" | e.g. '{captions[0]}'")
-        with open(self.run_dir / "history.jsonl", "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        if self.cluster.is_main:
+            with open(self.run_dir / "history.jsonl", "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
         improved = metrics["bleu4"] > self.progress["best_bleu4"]
         if improved:
             self.progress["best_bleu4"] = metrics["bleu4"]
@@ -189,42 +214,51 @@ class Trainer:
             if not torch.isfinite(parameter).all():
                 raise NonFiniteLoss(self.progress["step"], self.progress.get("last_loss"),
                                     what=f"weight {parameter_name} (so {name} was not written)")
-        save_checkpoint({"config": to_dict(self.config), "vocab": self.vocab.to_dict(), "model": self.model.state_dict(),
-                         "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                         "progress": dict(self.progress), "history": self.history, "rng": rng_state(),
-                         "metrics": metrics or {}}, self.run_dir / name)
+        payload = {"config": to_dict(self.config), "vocab": self.vocab.to_dict(), "model": self.model.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "progress": dict(self.progress), "history": self.history, "rng": rng_state(),
+                   "metrics": metrics or {}}
+        if self.cluster.enabled:  # every rank's RNG, so that each resumed rank continues its own dropout masks
+            payload["rank_rng"] = distributed.gather_objects(rng_state(), self.cluster)
+        if self.cluster.is_main:
+            save_checkpoint(payload, self.run_dir / name)
 
     def restore(self, payload: dict[str, Any], path: str | Path) -> None:
-        saved, current = payload["config"].get("model", {}), to_dict(self.config)["model"]
-        for key in sorted(set(saved) | set(current)):
-            if saved.get(key) != current.get(key):
-                raise CheckpointError(f"{path}: model.{key} is {saved.get(key)!r} in the checkpoint but {current.get(key)!r} "
-                                      "in this run's config; resume with the checkpoint's model settings")
         check_compatible(self.model.state_dict(), payload["model"], path)
         self.model.load_state_dict(payload["model"])
+        base_rates = list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        if self.config.train.scale_lr:  # the saved rates were scaled for the saving run's number of processes
+            distributed.rebase_learning_rates(self.scheduler, base_rates)
         self.progress = dict(payload["progress"])
         self.history = list(payload.get("history", []))
-        restore_rng(payload["rng"])
+        rank_states = payload.get("rank_rng") or []
+        restore_rng(rank_states[self.cluster.rank] if len(rank_states) == self.cluster.world_size else payload["rng"])
         self.log(f"resumed from {path} at epoch {self.progress['epoch']}, batch {self.progress['batch']}")
 
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the test split; write metrics.json."""
         best = self.run_dir / "best.pt"
+        distributed.barrier(self.cluster)  # rank 0 has finished writing best.pt
         if best.exists():
             self.model.load_state_dict(read_checkpoint(best, map_location=self.device)["model"])
         records = self.splits["test"] or self.splits["val"]
         split = "test" if self.splits["test"] else "val"
         ev = self.config.eval
-        inputs = self.feature_cache.features(records) if self.feature_cache is not None else None
+        inputs = self.stored_features(records) if self.feature_cache is not None else None
         metrics, captions = evaluate(self.evaluated_model(), records, split, ev.beam_size, ev.max_length, ev.batch_size,
-                                     inputs)
+                                     inputs, self.cluster)
         metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
         metrics["history"] = self.history
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if self.cluster.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
+
+
+def _quiet(message: str) -> None:
+    """The log of every rank but 0."""
 
 
 class _FeatureInputs(torch.nn.Module):

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from captioner.batches import preprocess_file
+from captioner.distributed import SINGLE, Cluster, run_sharded
 from captioner.data.records import ImageRecord
 from captioner.metrics import bleu_scores
 from captioner.vocab import tokenize
@@ -23,20 +24,24 @@ from captioner.vocab import tokenize
 
 @torch.no_grad()
 def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
-             batch_size: int = 100, pixels: torch.Tensor | None = None) -> tuple[dict[str, Any], list[str]]:
-    """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files."""
+             batch_size: int = 100, pixels: torch.Tensor | None = None,
+             cluster: Cluster = SINGLE) -> tuple[dict[str, Any], list[str]]:
+    """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files.
+    Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
+    captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    captions: list[str] = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
+
+    def caption_batch(start: int, stop: int) -> list[str]:
         if pixels is not None:
-            batch = pixels[start : start + len(chunk)]
+            batch = pixels[start:stop]
         else:
-            batch = torch.stack([preprocess_file(record, model.encoder.preprocess) for record in chunk])
+            batch = torch.stack([preprocess_file(record, model.encoder.preprocess) for record in records[start:stop]])
         generations = model.generate(batch.to(device), beam_size=beam_size, max_length=max_length)
-        captions += [" ".join(generation.words[0]) for generation in generations]
+        return [" ".join(generation.words[0]) for generation in generations]
+
+    captions = run_sharded(caption_batch, len(records), batch_size, cluster)
     model.train(was_training)
     metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "num_images": len(records)}
     references = [[tokenize(text) for text in record.captions] for record in records]

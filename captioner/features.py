@@ -8,7 +8,8 @@ in every epoch is wasted work (on a CPU, almost all of an epoch's time). Layout 
 
 Keys, so that a change of anything the features depend on is a cache miss, never a stale hit:
 - encoder key = hash of the encoder's name, architecture (module repr), weights (hash of the state dict),
-  preprocessing spec, the source code of `Encoder.preprocess`/`Encoder.forward`, and the storage dtype;
+  preprocessing spec, the source code of `Encoder.preprocess`/`Encoder.forward`, pooled vs per-region
+  output (attention), and the storage dtype;
 - image key = hash of the image file's absolute path, size in bytes and modification time (ns).
 A changed image gets a new key and only that image is encoded again; stale rows are simply never read.
 
@@ -51,7 +52,7 @@ def encoder_identity(encoder: Encoder, dtype: str) -> dict[str, str]:
         weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     # The transform's code is part of the key: switching e.g. bilinear -> bicubic resizing changes every feature.
     code = inspect.getsource(type(encoder).preprocess) + inspect.getsource(type(encoder).forward)
-    return {"version": str(CACHE_VERSION), "encoder": encoder.name, "dtype": dtype,
+    return {"version": str(CACHE_VERSION), "encoder": encoder.name, "dtype": dtype, "regions": str(encoder.spatial),
             "architecture": _sha256(str(encoder)), "weights": weights.hexdigest(),
             "preprocessing": json.dumps(asdict(encoder.preprocessing), sort_keys=True), "transform_code": _sha256(code)}
 

@@ -100,7 +100,7 @@ def plot_gates(trace: Trace) -> Figure:
         else:
             axis.set_title(f"layer {layer + 1}: mean gate activation per word", fontsize=9)
             axis.set_ylim(0, 1)
-        axis.legend(loc="upper right", fontsize=7, ncol=len(gates) or 1)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)  # beside, not over
         _label_words(axis, trace.words)
     figure.tight_layout()
     return figure

@@ -214,19 +214,20 @@ class StackedLSTM(nn.Module):
             outputs = []
             for direction in range(self.num_directions):
                 row = layer * self.num_directions + direction
-                output, h, c = self._run_direction(layer_input, h_0[row], c_0[row], layer, direction)
+                output, h, c = self._run_direction(layer_input, h_0[row], c_0[row], layer, direction, state is None)
                 outputs.append(output)  # (T, B, H)
                 h_n.append(h)
                 c_n.append(c)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D*H)
         return layer_input.transpose(0, 1), (torch.stack(h_n), torch.stack(c_n))  # (B, T, D*H), (D*L, B, H)
 
-    def _run_direction(self, layer_input: Tensor, h: Tensor, c: Tensor, layer: int,
-                       direction: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _run_direction(self, layer_input: Tensor, h: Tensor, c: Tensor, layer: int, direction: int,
+                       zero_state: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """One layer in one direction over (T, B, E); the backward direction reads time in reverse."""
         weights = self._weights(layer, direction)
-        if self.fast and fast_lstm.fast_path_applies(layer_input, self.cell):
-            return fast_lstm.lstm_layer(layer_input, weights, h, c, reverse=bool(direction))
+        if self.fast and fast_lstm.fast_path_applies(layer_input, self.cell):  # zero state: None, skips W_h h_0
+            return fast_lstm.lstm_layer(layer_input, weights, None if zero_state else h,
+                                        None if zero_state else c, reverse=bool(direction))
         x_gates = self._input_gates(layer_input, weights)  # (T, B, G*H), one matmul for all T
         T = x_gates.shape[0]
         outputs: list[Tensor] = [h] * T

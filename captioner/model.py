@@ -17,6 +17,7 @@ from captioner.config import Config, ConfigError
 from captioner.decoding import Generation, beam_search, sample
 from captioner.encoders import Encoder, build_encoder
 from captioner.lstm import StackedLSTM
+from captioner.scorer import ImageSentenceScorer, rerank_generations
 from captioner.vocab import Vocabulary
 
 State = tuple[torch.Tensor, torch.Tensor]
@@ -34,9 +35,10 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden_size, vocab_size)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits. features (B, F), tokens (B, T) starting with <start> -> (B, T, V)."""
-        image = self.image_projection(features).unsqueeze(1)  # (B, 1, E)
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """Teacher-forced logits. features (B, F), tokens (B*repeats, T) starting with <start> -> (B*repeats, T, V);
+        token rows b*repeats .. b*repeats+repeats-1 are captions of image b."""
+        image = self.image_projection(features).repeat_interleave(repeats, dim=0).unsqueeze(1)  # (B*r, 1, E)
         words = self.embedding(tokens)  # (B, T, E)
         inputs = self.dropout(torch.cat([image, words], dim=1))  # (B, T+1, E)
         hidden, _ = self.rnn(inputs)  # (B, T+1, H)
@@ -53,6 +55,73 @@ class Decoder(nn.Module):
         return F.log_softmax(self.output(hidden), dim=-1), state
 
 
+class AttentionDecoder(nn.Module):
+    """Show, Attend and Tell (Xu et al. 2015), deterministic soft attention, around the same StackedLSTM.
+
+    The image is L region vectors a_i (the encoder's h x w map, projected to E). Before every word the
+    decoder looks at them through its previous top-layer state (section 3.1.2, eqs. 4-6, 13):
+
+        h_0, c_0 = tanh(W_init,h ā), tanh(W_init,c ā)       ā = mean_i a_i
+        e_ti = w^T tanh(W_a a_i + W_h h_{t-1})               relevance of region i
+        α_t  = softmax_i(e_t)                                where to look
+        z_t  = σ(W_β h_{t-1}) ⊙ Σ_i α_ti a_i                 gated context vector
+        h_t  = StackedLSTM([E y_{t-1}; z_t], h_{t-1})        p(y_t) = softmax(W_o h_t)
+
+    The state carries the regions and their keys W_a a_i, batch on dim 1 like (h, c), so beam search
+    reorders and repeats them like any other state tensor.
+    """
+
+    def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
+                 num_layers: int, cell: str, dropout: float) -> None:
+        super().__init__()
+        self.num_layers, self.hidden_size = num_layers, hidden_size
+        self.region_projection = nn.Linear(region_dim, embed_size)
+        self.init_h = nn.Linear(embed_size, num_layers * hidden_size)
+        self.init_c = nn.Linear(embed_size, num_layers * hidden_size)
+        self.region_keys = nn.Linear(embed_size, embed_size)  # W_a
+        self.state_query = nn.Linear(hidden_size, embed_size)  # W_h
+        self.score = nn.Linear(embed_size, 1)  # w
+        self.context_gate = nn.Linear(hidden_size, embed_size)  # W_β
+        self.embedding = nn.Embedding(vocab_size, embed_size)
+        self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden_size, vocab_size)
+
+    def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """features (B, L, D) -> state (h, c, regions (L, B, E), keys (L, B, E)); h and c (layers, B, H)."""
+        regions = self.region_projection(features)  # (B, L, E)
+        mean = regions.mean(dim=1)  # (B, E) ā
+        B = features.size(0)
+        h = torch.tanh(self.init_h(mean)).view(B, self.num_layers, self.hidden_size).transpose(0, 1)  # (layers, B, H)
+        c = torch.tanh(self.init_c(mean)).view(B, self.num_layers, self.hidden_size).transpose(0, 1)  # (layers, B, H)
+        keys = self.region_keys(regions)  # (B, L, E) W_a a_i, computed once per image
+        return h.contiguous(), c.contiguous(), regions.transpose(0, 1), keys.transpose(0, 1)
+
+    def advance(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
+        """One word: tokens (B,) -> logits (B, V) and the new state."""
+        h, c, regions, keys = state
+        query = self.state_query(h[-1])  # (B, E) W_h h_{t-1}
+        e = self.score(torch.tanh(keys + query)).squeeze(-1)  # (L, B) e_ti = w^T tanh(W_a a_i + W_h h_{t-1})
+        alpha = torch.softmax(e, dim=0)  # (L, B) α_t = softmax_i(e_t)
+        z = torch.sigmoid(self.context_gate(h[-1])) * (alpha.unsqueeze(-1) * regions).sum(dim=0)  # (B, E) z_t
+        x = self.dropout(torch.cat([self.embedding(tokens), z], dim=-1))  # (B, 2E) [E y_{t-1}; z_t]
+        hidden, (h, c) = self.rnn.step(x, (h, c))  # (B, H)
+        return self.output(self.dropout(hidden)), (h, c, regions, keys)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """Teacher-forced logits, step by step (z_t needs h_{t-1}). features (B, L, D), tokens (B*repeats, T)."""
+        state = tuple(part.repeat_interleave(repeats, dim=1) for part in self.start(features))  # batch B*repeats
+        logits = []
+        for t in range(tokens.size(1)):
+            step_logits, state = self.advance(tokens[:, t], state)  # (B*r, V)
+            logits.append(step_logits)
+        return torch.stack(logits, dim=1)  # (B*r, T, V)
+
+    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
+        logits, state = self.advance(tokens, state)
+        return F.log_softmax(logits, dim=-1), state
+
+
 class Captioner(nn.Module):
     """Encoder + decoder + vocabulary; `forward` trains, `generate` captions."""
 
@@ -67,8 +136,13 @@ class Captioner(nn.Module):
         elif model.finetune_blocks:
             raise ConfigError(f"model.finetune_blocks={model.finetune_blocks} needs model.freeze_encoder=true "
                               "(without it the whole encoder trains)")
-        self.decoder = Decoder(self.encoder.feature_dim, len(vocab), model.embed_size, model.hidden_size,
-                               model.num_layers, model.cell, model.dropout)
+        if model.attention:
+            self.decoder = AttentionDecoder(self.encoder.use_regions(), len(vocab), model.embed_size,
+                                            model.hidden_size, model.num_layers, model.cell, model.dropout)
+        else:
+            self.decoder = Decoder(self.encoder.feature_dim, len(vocab), model.embed_size, model.hidden_size,
+                                   model.num_layers, model.cell, model.dropout)
+        self.scorer: ImageSentenceScorer | None = None  # attached for reranking only (see generate)
 
     def parameter_groups(self) -> list[dict]:
         """Trainable parameters for the optimizer: fine-tuned encoder blocks in their own group at
@@ -83,12 +157,13 @@ class Captioner(nn.Module):
         return groups
 
     def forward(self, images: torch.Tensor | None, captions: torch.Tensor,
-                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one loss. images uint8 (B, 3, S, S) or precomputed features (B, F); captions (B, L)
-        as <start> w_1 .. w_n <end> <pad>.. -> (logits (B, L-1, V), mean cross-entropy over real words)."""
+                features: torch.Tensor | None = None, captions_per_image: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one loss. images uint8 (B, 3, S, S) or precomputed features (B, F); captions (B*C, L)
+        as <start> w_1 .. w_n <end> <pad>.., C = captions_per_image, rows b*C .. b*C+C-1 for image b (each
+        image is encoded once) -> (logits (B*C, L-1, V), mean cross-entropy over real words)."""
         if features is None:
             features = self.encoder(images)  # (B, F)
-        logits = self.decoder(features, captions[:, :-1])  # (B, L-1, V)
+        logits = self.decoder(features, captions[:, :-1], captions_per_image)  # (B*C, L-1, V), each image projected once
         targets = captions[:, 1:]  # (B, L-1)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=self.vocab.pad_id, label_smoothing=self.config.train.label_smoothing)
@@ -97,9 +172,12 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,
                  beam_size: int = 1, max_length: int = 20, temperature: float = 0.0,
-                 length_penalty: float = 0.0, seed: int | None = None) -> list[Generation]:
+                 length_penalty: float = 0.0, seed: int | None = None, rerank: bool = False,
+                 rerank_weight: float = 1.0) -> list[Generation]:
         """Caption a batch: beam search (beam_size 1 = greedy) or, with temperature > 0, sampling.
-        Used by validation, evaluation, the CLI and the demo alike."""
+        Used by validation, evaluation, the CLI and the demo alike. rerank=True reorders each image's
+        alternatives by log p + rerank_weight · score with the attached scorer (`model.scorer =
+        load_scorer(path)`, captioner/scorer.py; it must be trained on this captioner's features)."""
         if features is None:
             features = self.encoder(images)  # (B, F)
         state = self.decoder.start(features)
@@ -111,6 +189,10 @@ class Captioner(nn.Module):
                                   max_length, length_penalty)
         for result in results:
             result.words = [vocab.decode_tokens(tokens) for tokens in result.token_ids]
+        if rerank:
+            if self.scorer is None:
+                raise ValueError("generate(rerank=True): no scorer attached; set model.scorer = load_scorer(path)")
+            results = rerank_generations(results, features, self.scorer, rerank_weight, length_penalty)
         return results
 
     def caption(self, images: list[Image.Image], beam_size: int = 3, max_length: int = 20) -> list[str]:

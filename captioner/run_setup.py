@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from captioner.checkpoint import CheckpointError
-from captioner.config import Config
+from captioner.config import Config, to_dict
 
 EXIT_INTERRUPTED = 130  # train.py's exit code after a graceful stop on SIGINT/SIGTERM (last.pt saved)
 
@@ -51,6 +51,16 @@ def resume_target(path: str | Path) -> Path:
                           "name a checkpoint file or start a new run without --resume")
 
 
+def check_same_model(saved: dict[str, Any], config: Config, path: str | Path) -> None:
+    """Resume only into the same model: name the first differing model.* key with both values."""
+    saved_model = saved.get("model") if isinstance(saved, dict) else None
+    saved_model, current = saved_model if isinstance(saved_model, dict) else {}, to_dict(config)["model"]
+    for key in sorted(set(saved_model) | set(current)):
+        if saved_model.get(key) != current.get(key):
+            raise CheckpointError(f"{path}: model.{key} is {saved_model.get(key)!r} in the checkpoint but "
+                                  f"{current.get(key)!r} in this run's config; resume with the checkpoint's model settings")
+
+
 def prepare_run_dir(run_dir: Path) -> Path:
     """Create the run directory and prove it is writable before any work starts."""
     try:
@@ -76,6 +86,23 @@ def resolve_device(name: str, threads: int) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name}: CUDA is not available on this machine; use train.device=cpu")
     return device
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The training forward pass's numeric format (train.precision).
+
+    bf16: autocast runs matmuls and convolutions in bfloat16 and keeps softmax, the loss and other
+    reductions in fp32; weights, gradients and optimizer state stay fp32. bfloat16 has fp32's 8-bit
+    exponent, so gradients do not underflow: no GradScaler, nothing to unscale, and gradient clipping
+    reads the true fp32 gradient norm. fp32: autocast is off (the default, on CPU too)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.precision=bf16: this GPU has no bfloat16 support; use train.precision=fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:

@@ -63,10 +63,12 @@ class ImageSentenceScorer(nn.Module):
         self.sentence_projection = nn.Linear(2 * settings.hidden_size, settings.joint_size)
 
     def embed_images(self, features: Tensor) -> Tensor:
-        """features (N, F) -> v (N, J), unit length."""
+        """features (N, F), or per-region (N, R, F) from an attention captioner's encoder -> v (N, J), unit length."""
+        if features.dim() == 3:
+            features = features.mean(dim=1)  # (N, F): the regions' mean is the globally pooled feature
         if features.dim() != 2 or features.shape[1] != self.settings.feature_dim:
-            raise ValueError(f"scorer: image features must be (N, {self.settings.feature_dim}), the encoder it was "
-                             f"trained on, got {tuple(features.shape)}")
+            raise ValueError(f"scorer: image features must be (N, {self.settings.feature_dim}) or (N, R, "
+                             f"{self.settings.feature_dim}), from the encoder it was trained on; got {tuple(features.shape)}")
         return F.normalize(self.image_projection(features), dim=-1)  # (N, J)
 
     def embed_sentences(self, sentences: Sequence[Sequence[int]]) -> Tensor:
@@ -160,7 +162,7 @@ def _chance_any_in_top(total: int, good: int, k: int) -> float:
 
 
 @torch.no_grad()
-def rerank(generations: list[Generation], features: Tensor, scorer: ImageSentenceScorer, weight: float,
+def rerank_generations(generations: list[Generation], features: Tensor, scorer: ImageSentenceScorer, weight: float,
            length_penalty: float = 0.0) -> list[Generation]:
     """Reorder each image's alternatives by  log p / (n+1)^α + weight · score(image, sentence), finished
     alternatives first as in beam search's own ranking; α is the beam's length penalty (0 = raw log p).

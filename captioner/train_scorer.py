@@ -15,11 +15,12 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 
 from captioner.batches import preprocess_file
 from captioner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -27,9 +28,10 @@ from captioner.config import ConfigError, DataConfig, _build, _parse_override, _
 from captioner.data import load_dataset
 from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.encoders import Encoder, EncoderError, build_encoder
+from captioner.features import FeatureCache
 from captioner.metrics import bleu_scores
 from captioner.run_setup import prepare_run_dir, resolve_device, seed_everything
-from captioner.scorer import ImageSentenceScorer, ScorerSettings, ranking_loss, recall_at_k, rerank, scorer_payload
+from captioner.scorer import ImageSentenceScorer, ScorerSettings, ranking_loss, recall_at_k, rerank_generations, scorer_payload
 from captioner.vocab import Vocabulary, tokenize
 
 DEFAULT_CONFIG = "configs/scorer.yaml"
@@ -57,6 +59,7 @@ class ScorerTrainConfig:
     learning_rate: float = 2e-3  # Adam
     margin: float = 0.2  # m in the hinge [m − S_kk + S_kl]_+
     hardest_negatives: bool = True  # VSE++ (max over the batch); false = sum over all negatives
+    warmup_epochs: int = 1  # first epochs sum over all negatives: hardest-only from a random start collapses
     grad_clip: float = 2.0  # clip the global gradient norm (0 = off)
     seed: int = 0  # initial weights, batch order and caption choice
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -95,16 +98,30 @@ def load_scorer_config(path: str | Path | None, overrides: Sequence[str] = ()) -
     return config
 
 
+def is_scorer_config(path: str | Path) -> bool:
+    """Whether a YAML config selects this trainer (`task: scorer` at its top level); train.py asks."""
+    try:
+        values = _read_yaml(Path(path))
+    except ConfigError:
+        return False  # not readable: load_config reports why
+    return values.get("task") == "scorer"
+
+
 @torch.no_grad()
-def image_features(encoder: Encoder, records: Sequence[ImageRecord], device: torch.device,
-                   batch_size: int = 64) -> torch.Tensor:
-    """f_I of every image through the frozen encoder (eval mode): (N, F) on the CPU."""
+def image_features(encoder: Encoder, records: Sequence[ImageRecord], data: DataConfig, device: torch.device,
+                   log: Callable = print, batch_size: int = 64) -> torch.Tensor:
+    """f_I of every image through the frozen encoder (eval mode), (N, F) or per region (N, R, F), on the CPU.
+    With data.feature_cache on they come from the feature cache (captioner/features.py), which the
+    captioner's own training with a frozen encoder has usually filled already."""
     encoder.eval()
+    if data.feature_cache:
+        directory = data.feature_cache_dir or Path(data.root).expanduser() / ".cache" / "features"
+        return FeatureCache(directory, encoder, data.feature_dtype, batch_size, log=log).features(records)[:]
     chunks = []
     for start in range(0, len(records), batch_size):
         pixels = torch.stack([preprocess_file(record, encoder.preprocess) for record in records[start:start + batch_size]])
-        chunks.append(encoder(pixels.to(device)).float().cpu())  # (b, F)
-    return torch.cat(chunks) if chunks else torch.empty(0, encoder.feature_dim)
+        chunks.append(encoder(pixels.to(device)).float().cpu())  # (b, F) or (b, R, F)
+    return torch.cat(chunks)
 
 
 def caption_ids(records: Sequence[ImageRecord], vocab: Vocabulary, max_length: int) -> list[list[list[int]]]:
@@ -113,8 +130,10 @@ def caption_ids(records: Sequence[ImageRecord], vocab: Vocabulary, max_length: i
 
 
 def train_epoch(scorer: ImageSentenceScorer, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-                captions: list[list[list[int]]], config: ScorerTrainConfig, chooser: random.Random) -> float:
-    """One pass over the images in a random order, one random caption each; returns the mean loss."""
+                captions: list[list[list[int]]], config: ScorerTrainConfig, chooser: random.Random,
+                hardest: bool = True) -> float:
+    """One pass over the images in a random order, one random caption each; returns the mean loss.
+    hardest: the hardest negative per row and column (VSE++), else the sum over all negatives."""
     device = next(scorer.parameters()).device
     order = list(range(len(captions)))
     chooser.shuffle(order)
@@ -128,7 +147,7 @@ def train_epoch(scorer: ImageSentenceScorer, optimizer: torch.optim.Optimizer, f
         keys = [tuple(sentence) for sentence in sentences]
         same_caption = torch.tensor([[a == b for b in keys] for a in keys], device=device)  # (B, B)
         similarity = scorer(features[batch].to(device), sentences)  # (B, B)
-        loss = ranking_loss(similarity, config.margin, config.hardest_negatives, also_positive=same_caption)
+        loss = ranking_loss(similarity, config.margin, hardest, also_positive=same_caption)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -169,7 +188,7 @@ def rerank_bleu(captioner, scorer: ImageSentenceScorer, features: torch.Tensor, 
         plain += [generation.words[0] for generation in beams]
         reranked += [generation.words[0] for generation in chosen]
         for weight in weights:
-            sweep_tops[weight] += [generation.words[0] for generation in rerank(beams, chunk, scorer, weight)]
+            sweep_tops[weight] += [generation.words[0] for generation in rerank_generations(beams, chunk, scorer, weight)]
     captioner.scorer = None
     return {"weight": weights[0], "beam": bleu_scores(plain, references), "reranked": bleu_scores(reranked, references),
             "changed_top_caption": sum(a != b for a, b in zip(plain, reranked)),
@@ -200,16 +219,18 @@ def fit(config: ScorerConfig, log: Callable = print) -> dict[str, Any]:
     if not splits["train"] or not splits[val_split] or not splits[eval_split]:
         raise DatasetFormatError(f"data.root={config.data.root}: the scorer needs a train split and a val or test split")
     captioner, encoder, vocab = build_parts(config, splits, device, log)
-    features = {name: image_features(encoder, splits[name], device) for name in {"train", val_split, eval_split}}
+    features = {name: image_features(encoder, splits[name], config.data, device, log)
+                for name in {"train", val_split, eval_split}}
     captions = {name: caption_ids(splits[name], vocab, config.data.max_caption_length) for name in features}
     model = config.scorer
-    settings = ScorerSettings(encoder.feature_dim, model.embed_size, model.hidden_size, model.num_layers, model.cell,
+    settings = ScorerSettings(features["train"].shape[-1], model.embed_size, model.hidden_size, model.num_layers, model.cell,
                               model.joint_size, model.pooling, model.dropout)
     scorer = ImageSentenceScorer(vocab, settings).to(device)
     optimizer = torch.optim.Adam(scorer.parameters(), lr=config.train.learning_rate)
     chooser, best, history = random.Random(config.train.seed), None, []
     for epoch in range(1, config.train.epochs + 1):
-        loss = train_epoch(scorer, optimizer, features["train"], captions["train"], config.train, chooser)
+        hardest = config.train.hardest_negatives and epoch > config.train.warmup_epochs
+        loss = train_epoch(scorer, optimizer, features["train"], captions["train"], config.train, chooser, hardest)
         val = retrieval_metrics(scorer, features[val_split], captions[val_split])
         history.append({"epoch": epoch, "loss": round(loss, 4), **{k: round(v, 2) for k, v in val.items()}})
         log(json.dumps(history[-1]))
@@ -220,9 +241,9 @@ def fit(config: ScorerConfig, log: Callable = print) -> dict[str, Any]:
                                "retrieval": retrieval_metrics(scorer, features[eval_split], captions[eval_split])}
     if captioner is not None:
         metrics["rerank"] = measure_rerank(captioner, scorer, features, splits, val_split, eval_split, config.eval)
-    save_checkpoint(scorer_payload(scorer, _plain(config), metrics), run_dir / "scorer.pt")
+    save_checkpoint(scorer_payload(scorer, asdict(config), metrics), run_dir / "scorer.pt")
     (run_dir / "scorer_metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "config.yaml").write_text(json.dumps(_plain(config), indent=2))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     return metrics
 
 
@@ -236,12 +257,6 @@ def measure_rerank(captioner, scorer, features, splits, val_split, eval_split, c
     sweep = (weight,) + tuple(w for w in RERANK_SWEEP if w != weight)
     result = rerank_bleu(captioner, scorer, features[eval_split], splits[eval_split], config, sweep)
     return {**result, "tuned_on": tuned_on, "beam_size": config.beam_size}
-
-
-def _plain(config: ScorerConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from captioner import load_checkpoint
 from captioner import inside
 from captioner.config import Config, ModelConfig
 from captioner.demo_support import (DecodingOptions, DemoInputError, ModelCatalog, alternatives_table,
-                                    caption_images, find_checkpoints, model_summary)
+                                    caption_images, find_checkpoints, model_summary, read_uploads)
 from captioner.images import load_image
 from captioner.model import Captioner
 from captioner.vocab import Vocabulary
@@ -119,6 +119,19 @@ def test_batch_captions_every_good_image_and_names_the_bad_ones(served, tmp_path
     assert "notes.png: not a supported image" in notes
 
 
+def test_batch_decodes_with_the_shared_loader_exif_and_alpha(client, tmp_path):
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    Image.new("RGB", (60, 30), "red").save(rotated, exif=exif.tobytes())
+    clear = tmp_path / "clear.png"
+    Image.new("RGBA", (30, 30), (0, 0, 0, 0)).save(clear)  # fully transparent: composited on white
+    gallery, _ = client.predict([handle_file(str(rotated)), handle_file(str(clear))], 1, api_name="/caption_batch")
+    with Image.open(gallery[0]["image"]) as upright, Image.open(gallery[1]["image"]) as white:
+        assert upright.size == (30, 60)
+        assert min(white.convert("RGB").getpixel((15, 15))) >= 250
+
+
 def test_batch_of_only_bad_files_is_an_error(client, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(Exception, match="No image could be read: empty.png"):
@@ -150,6 +163,7 @@ def test_safe_launch_settings():
     options = demo.launch_options()
     assert options["server_name"] == "127.0.0.1" and options["share"] is False
     assert options["max_file_size"] == "10mb" and options["show_error"] is False
+    assert options["enable_monitoring"] is False and options["run_history"] is False and options["mcp_server"] is False
     assert demo.QUEUE_SIZE <= 64 and demo.CONCURRENCY <= 4
 
 
@@ -189,6 +203,17 @@ def test_decoding_options_refuse_out_of_range_values():
             DecodingOptions(**bad)
 
 
+def test_read_uploads_skips_bad_files_and_bounds_the_batch(tmp_path):
+    good = scene_file(tmp_path, "good.png")
+    (tmp_path / "bad.png").write_bytes(b"GIF89a broken")
+    images, names, skipped = read_uploads([str(good), str(tmp_path / "bad.png")])
+    assert names == ["good.png"] and images[0].mode == "RGB" and len(skipped) == 1 and skipped[0].startswith("bad.png")
+    with pytest.raises(DemoInputError, match="at most 16 images"):
+        read_uploads([str(good)] * 17)
+    with pytest.raises(DemoInputError, match="upload one or more"):
+        read_uploads([])
+
+
 def tiny_model(cell: str, num_layers: int = 2) -> Captioner:
     torch.manual_seed(0)
     config = Config(model=ModelConfig(embed_size=8, hidden_size=12, num_layers=num_layers, cell=cell, dropout=0.0))
@@ -197,7 +222,8 @@ def tiny_model(cell: str, num_layers: int = 2) -> Captioner:
 
 def test_alternatives_are_ranked_with_their_log_probabilities():
     model = tiny_model("lstm")
-    generation = caption_images(model, [Image.new("RGB", (64, 64), "red")], DecodingOptions(beam_size=3, max_length=6))[0]
+    options = DecodingOptions(beam_size=3, max_length=6)
+    generation = caption_images(model, [Image.new("RGB", (64, 64), "red")], options)[0]
     rows = alternatives_table(generation)
     assert [row[0] for row in rows] == [1, 2, 3] and rows[0][2] == round(generation.log_probs[0], 3)
     assert all(isinstance(row[1], str) and row[1] for row in rows)

@@ -1,13 +1,12 @@
-"""Reliability of a training run under faults (issue 6, cases 4, 6, 7, 9, 10).
+"""Reliability of a training run under faults (issue 6, cases 4, 6, 7, 10).
 
 Non-finite loss, gradients and weights; SIGINT/SIGTERM in a real subprocess; resume that reproduces an
-uninterrupted run bit for bit; an unwritable run directory and a full disk; a corrupted image met by a
-DataLoader worker. Runs train.py's `main` in-process where it can (fast), and a subprocess for signals.
-Bad resume targets are in test_reliability_checkpoints.py.
+uninterrupted run bit for bit; a corrupted image met by a DataLoader worker. Runs train.py's `main`
+in-process where it can (fast), and a subprocess for signals. Bad resume targets, an unwritable run
+directory and a full disk are in test_reliability_checkpoints.py.
 """
 from __future__ import annotations
 
-import errno
 import shutil
 import signal
 import subprocess
@@ -42,9 +41,8 @@ def tiny_config(data_root: Path, run_dir: Path, *extra: str):
     return load_config(CONFIG, [*tiny_overrides(data_root, run_dir), *DROPOUT, *extra])
 
 
-def train_main(data_root: Path, run_dir: Path, *extra: str, resume: Path | None = None) -> int:
-    resume_args = ["--resume", str(resume)] if resume else []
-    return train.main(["--config", CONFIG, *resume_args, *tiny_overrides(data_root, run_dir), *DROPOUT, *extra])
+def train_main(data_root: Path, run_dir: Path, *extra: str) -> int:
+    return train.main(["--config", CONFIG, *tiny_overrides(data_root, run_dir), *DROPOUT, *extra])
 
 
 def after_each_step(monkeypatch, hook) -> list[float]:
@@ -118,13 +116,13 @@ def test_non_finite_gradient_is_caught_before_the_optimizer_step(data_root, tmp_
 
     def overflow_in_backward(trainer) -> None:
         if trainer.progress["step"] == 2:  # the loss stays finite; only the gradient overflows
-            before.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+            before.update({k: v.detach().clone() for k, v in trainer.model.named_parameters()})
             next(trainer.model.parameters()).register_hook(lambda gradient: gradient * float("inf"))
 
     before_each_step(monkeypatch, overflow_in_backward)
     with pytest.raises(NonFiniteLoss, match="gradient norm is not finite at step 3"):
         trainer.fit()
-    after = trainer.model.state_dict()
+    after = dict(trainer.model.named_parameters())
     assert before and all(torch.equal(before[name], after[name]) for name in before)  # no update was applied
 
 
@@ -185,15 +183,33 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data_root, straight_run
     assert without_time == [{k: v for k, v in entry.items() if k != "epoch_seconds"} for entry in straight["history"]]
 
 
+def test_signal_during_validation_stops_right_after_the_epoch_is_saved(data_root, tmp_path, monkeypatch):
+    real_evaluate = engine.evaluate
+
+    def interrupted_evaluate(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # the handler only sets a flag; validation goes on
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", interrupted_evaluate)
+    with pytest.raises(TrainingInterrupted):
+        engine.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None).fit()
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["progress"]["epoch"] == 1
+    assert not (tmp_path / "run" / "metrics.json").exists()  # stopped before the second epoch and the test
+
+
 # --- case 6: SIGINT/SIGTERM in a real process ---------------------------------------------------------------
 
+# train.py with slow steps that print when they start. A step is many short calls, like a real step made of
+# many torch ops: a signal's Python handler runs between them (one long sleep would delay it to the end).
 SLOW_STEPS = """
 import sys, time
 from captioner import engine
 original = engine.Trainer.train_step
 def slow_step(self, inputs, captions):
     print(f"starting step {self.progress['step'] + 1}", flush=True)
-    time.sleep(float(sys.argv[1]))
+    deadline = time.perf_counter() + float(sys.argv[1])
+    while time.perf_counter() < deadline:
+        time.sleep(0.01)
     return original(self, inputs, captions)
 engine.Trainer.train_step = slow_step
 import train
@@ -237,45 +253,16 @@ def test_second_sigint_exits_at_once_without_saving(data_root, tmp_path):
     time.sleep(0.3)
     sent = time.perf_counter()
     process.send_signal(signal.SIGINT)  # second: stop now
-    _, stderr = process.communicate(timeout=60)
-    assert time.perf_counter() - sent < seconds_per_step / 2  # did not wait for the step to finish
+    stderr = ""
+    for line in process.stderr:  # timed up to train.main's message: interpreter teardown is not the run's
+        stderr += line
+        if "stopped at once by an interrupt" in line:
+            break
+    assert time.perf_counter() - sent < seconds_per_step / 2, stderr[-2000:]  # did not finish the step
+    stderr += process.communicate(timeout=60)[1]
     assert process.returncode == 130, stderr[-2000:]
-    assert "stopped at once by a second interrupt" in stderr and "Traceback" not in stderr
+    assert "Traceback" not in stderr
     assert not (run_dir / "last.pt").exists() and not leftover_temporary_files(run_dir)
-
-
-# --- case 9: unwritable output, full disk -------------------------------------------------------------------
-
-def test_run_dir_that_cannot_be_created_is_refused_before_any_work(data_root, tmp_path, capsys):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a directory")  # tests run as root, so chmod would not stop the write
-    code = train_main(data_root, blocker / "run")
-    output = capsys.readouterr()
-    assert code == 2
-    assert f"run_dir={blocker / 'run'}: not writable" in output.err
-    assert "data:" not in output.out  # refused before the dataset was read
-
-
-def test_full_disk_keeps_the_previous_checkpoint_and_exits_4(data_root, tmp_path, monkeypatch, capsys):
-    run_dir, saved, real_save = tmp_path / "run", {}, torch.save
-    calls = []
-
-    def save_until_the_disk_fills(payload, handle, *args, **kwargs):
-        calls.append(handle)
-        if len(calls) < 3:  # epoch 1: last.pt, best.pt
-            return real_save(payload, handle, *args, **kwargs)
-        saved["last.pt"] = (run_dir / "last.pt").read_bytes()
-        handle.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
-    code = train_main(data_root, run_dir)
-    message = capsys.readouterr().err
-    assert code == 4, message
-    assert f"could not save checkpoint {run_dir / 'last.pt'} (No space left on device)" in message
-    assert (run_dir / "last.pt").read_bytes() == saved["last.pt"]
-    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 1
-    assert not leftover_temporary_files(run_dir)
 
 
 # --- case 10: an exception inside a DataLoader worker -------------------------------------------------------
@@ -300,6 +287,7 @@ def test_corrupted_image_in_a_worker_names_sample_and_file_without_hanging(data_
     message = capsys.readouterr().err
     assert time.perf_counter() - started < 60
     assert code == 2, message
-    lines = message.strip().splitlines()
-    assert len(lines) == 1 and "training sample 5 " in lines[0] and f"file {damaged['path']}" in lines[0]
+    errors = [line for line in message.splitlines() if line.startswith("error:")]  # the rest is the progress bar
+    assert len(errors) == 1 and "Traceback" not in message, message
+    assert "training sample 5 " in errors[0] and f"file {damaged['path']}" in errors[0]
 
