@@ -15,11 +15,13 @@ API (gradio_client): `/caption` (image, beam size, max length, decoding, tempera
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from captioner import CheckpointError
 from captioner import inside
@@ -42,7 +44,7 @@ class UploadedImage(gr.Image):
 
     is_template = True  # rendered by the ordinary Image front end
 
-    def preprocess(self, payload):
+    def preprocess(self, payload) -> str | None:  # payload: gradio's ImageData, or None when empty
         return None if payload is None or payload.path is None else str(payload.path)
 
 
@@ -126,7 +128,8 @@ def build_app(models) -> gr.Blocks:
     catalog = models if isinstance(models, ModelCatalog) else ModelCatalog.single(models)
     handlers = Handlers(catalog)
     with gr.Blocks(title="captioner", analytics_enabled=False) as app:
-        gr.Markdown("# captioner\nA CNN encoder feeding a hand-written, explicit LSTM decoder (Show and Tell).")
+        gr.Markdown("# captioner\nA CNN encoder feeding a hand-written, explicit LSTM decoder: Show and Tell, "
+                    "or with soft attention Show, Attend and Tell.")
         with gr.Row():
             model = gr.Dropdown(catalog.labels, value=catalog.labels[0], scale=1, elem_id="model-choice",
                                 label="Model (checkpoints under the runs directory)")
@@ -134,7 +137,7 @@ def build_app(models) -> gr.Blocks:
         with gr.Tab("Caption", id="caption-tab"):
             image, settings = _caption_tab(handlers, model)
         with gr.Tab("Inside the LSTM", id="inside-tab"):
-            _inside_tab(handlers, image, settings, model)
+            _inside_tab(handlers, image, settings)
         model.change(handlers.describe, model, summary, api_name="model_summary")
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return app
@@ -172,7 +175,7 @@ def _caption_tab(handlers: Handlers, model: gr.Dropdown) -> tuple[gr.Image, list
     return image, settings
 
 
-def _inside_tab(handlers: Handlers, image: gr.Image, settings: list, model: gr.Dropdown) -> None:
+def _inside_tab(handlers: Handlers, image: gr.Image, settings: list) -> None:
     gr.Markdown("Uses the image and decoding settings of the **Caption** tab. " + inside.EXPLANATION,
                 elem_id="inside-explanation")
     button = gr.Button("Look inside", variant="primary", elem_id="inside-button")
@@ -213,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // CONCURRENCY),
+                        help="torch CPU threads per request (default: cores / concurrent requests = %(default)s)")
     args = parser.parse_args(argv)
     try:
         catalog = find_models(args.checkpoint, args.runs_dir, args.device)
@@ -223,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    torch.set_num_threads(max(1, args.threads))  # more threads than free cores makes OpenMP spin: 10x slower
     build_app(catalog).launch(**launch_options(args.host, args.port))
     return 0
 

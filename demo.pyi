@@ -42,7 +42,7 @@ class UploadedImage(gr.Image):
 
     is_template = True  # rendered by the ordinary Image front end
 
-    def preprocess(self, payload):
+    def preprocess(self, payload) -> str | None:  # payload: gradio's ImageData, or None when empty
         return None if payload is None or payload.path is None else str(payload.path)
     from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
     from gradio.blocks import Block

@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=3000, help="words of an untrained config's vocabulary "
                         "(default: %(default)s, about Flickr8k's)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch CPU threads (default: %(default)s, as on the target machine)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s, what demo.py "
+                        "gives each of its 2 concurrent requests on a 2-core machine)")
     parser.add_argument("--output", default="latency.json", help="JSON results file (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:

@@ -104,7 +104,7 @@ class ModelCatalog:
     def get(self, label: str):
         """The model for `label`; only labels of this catalog are accepted, never a path."""
         if label not in self.checkpoints:
-            raise DemoInputError(f"model: {label!r} is not one of the checkpoints this demo serves")
+            raise DemoInputError(f"model: {str(label)[:80]!r} is not one of the checkpoints this demo serves")
         with self._lock:  # two requests for the same new model load it once
             if label not in self._loaded:
                 self._loaded[label] = load_checkpoint(self.checkpoints[label], device=self.device)
@@ -183,8 +183,9 @@ def read_run_metrics(run_dir: Path) -> dict[str, Any]:
 def model_summary(model, checkpoint: Path) -> str:
     """Markdown: architecture, data, scores, and in plain words what this model can describe."""
     config = model.config
+    attention = " with soft attention" if getattr(config.model, "attention", False) else ""
     lines = [f"**Model** `{checkpoint.parent.name}/{checkpoint.name}`: {config.model.backbone} encoder → "
-             f"{config.model.num_layers}-layer **{config.model.cell}** decoder "
+             f"{config.model.num_layers}-layer **{config.model.cell}** decoder{attention} "
              f"(E={config.model.embed_size}, H={config.model.hidden_size}, {len(model.vocab)} words).",
              f"**Trained on** the `{config.data.format}` dataset ({Path(config.data.root).name}).",
              _score_line(read_run_metrics(checkpoint.parent), getattr(model, "metrics", {}) or {}),

@@ -12,7 +12,9 @@ computed (Hochreiter & Schmidhuber 1997, with a forget gate):
     p_t = softmax(W_out h_t)[w_t]              the probability of the word that was chosen
 
 Replaying the chosen words gives exactly the activations that produced them (the decoder is
-deterministic in eval mode), whichever search chose them: greedy, beam or sampling.
+deterministic in eval mode), whichever search chose them: greedy, beam or sampling. The replay calls
+the decoder's own `start` and `step` (Show and Tell, or Show, Attend and Tell), with its StackedLSTM
+swapped for a recorder in a shallow copy, so no decoder math is repeated here.
 Each step is labelled with the word it chose, ending with <end> when the caption finished.
 
 Three matplotlib figures follow, built with `matplotlib.figure.Figure` (no pyplot global state, so
@@ -21,11 +23,11 @@ gates r, z and no cell (its heatmap shows h_t), rnn has neither (its gate plot s
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 GATE_NAMES = {"i": "input gate i", "f": "forget gate f", "o": "output gate o",
@@ -50,25 +52,46 @@ class Trace:
     layers: list[dict[str, np.ndarray]]  # per layer: activation name -> (T, H) values
 
 
+class _RecordingRNN:
+    """Stands in for a decoder's StackedLSTM: runs the real `step` with record=True and keeps the records."""
+
+    def __init__(self, rnn) -> None:
+        self.rnn = rnn
+        self.steps: list[list[dict[str, torch.Tensor]]] = []  # per step, per layer: name -> (B, H)
+
+    def step(self, x_t: torch.Tensor, state=None, record: bool = False):
+        hidden, state, layers = self.rnn.step(x_t, state, record=True)
+        self.steps.append([{name: value.detach() for name, value in layer.items()} for layer in layers])
+        return hidden, state
+
+
+def _recording_twin(decoder):
+    """A shallow copy of the decoder that shares every weight but whose `rnn` records. The shared model
+    is never modified, so other requests can caption with it at the same time."""
+    twin = copy.copy(decoder)  # its own attribute dict; parameters and submodules are shared
+    recorder = _RecordingRNN(decoder.rnn)
+    object.__setattr__(twin, "rnn", recorder)  # an instance attribute wins over nn.Module's submodule lookup
+    return twin, recorder
+
+
 @torch.no_grad()
 def trace_caption(model, pixels: torch.Tensor, token_ids: list[int], finished: bool = True) -> Trace:
-    """Replay `token_ids` (without <start>/<end>) for one preprocessed image (1, 3, S, S) uint8."""
-    decoder, vocab = model.decoder, model.vocab
+    """Replay `token_ids` (without <start>/<end>) for one preprocessed image (1, 3, S, S) uint8,
+    through the decoder's own `start` and `step`, so any decoder around a StackedLSTM works."""
+    vocab = model.vocab
     was_training = model.training
     model.eval()
-    features = model.encoder(pixels)  # (1, F)
-    _, state = decoder.rnn.step(decoder.image_projection(features), None)  # the image is step -1
+    twin, recorder = _recording_twin(model.decoder)
+    state = twin.start(model.encoder(pixels))  # Show and Tell reads the image as step -1: not a word
+    recorder.steps.clear()
     targets = list(token_ids) + ([vocab.end_id] if finished else [])
     inputs = [vocab.start_id] + list(token_ids)  # word t is read to choose word t+1
-    steps: list[list[dict[str, torch.Tensor]]] = []
     probabilities = []
     for input_id, target_id in zip(inputs, targets):
-        tokens = torch.tensor([input_id], device=pixels.device)
-        hidden, state, records = decoder.rnn.step(decoder.embedding(tokens), state, record=True)  # (1, H)
-        log_probs = F.log_softmax(decoder.output(hidden), dim=-1)  # (1, V)
+        log_probs, state = twin.step(torch.tensor([input_id], device=pixels.device), state)  # (1, V)
         probabilities.append(float(log_probs[0, target_id].exp()))  # p_t = softmax(W_out h_t)[w_t]
-        steps.append(records)
     model.train(was_training)
+    steps = recorder.steps
     layers = [{name: torch.cat([step[layer][name] for step in steps]).cpu().numpy()  # (T, H)
                for name in steps[0][layer]} for layer in range(len(steps[0]))] if steps else []
     words = [vocab.words[token] for token in targets]  # the specials keep their names: "<end>"

@@ -65,10 +65,11 @@ class ImageSentenceScorer(nn.Module):
     def embed_images(self, features: Tensor) -> Tensor:
         """features (N, F), or per-region (N, R, F) from an attention captioner's encoder -> v (N, J), unit length."""
         if features.dim() == 3:
-            features = features.mean(dim=1)  # (N, F): the regions' mean is the globally pooled feature
+            features = features.mean(dim=1)  # (N, F): mean over regions, in training and reranking alike
         if features.dim() != 2 or features.shape[1] != self.settings.feature_dim:
-            raise ValueError(f"scorer: image features must be (N, {self.settings.feature_dim}) or (N, R, "
-                             f"{self.settings.feature_dim}), from the encoder it was trained on; got {tuple(features.shape)}")
+            size = self.settings.feature_dim
+            raise ValueError(f"scorer: image features must be (N, {size}) or (N, R, {size}), from the encoder it was "
+                             f"trained on; got {tuple(features.shape)}")
         return F.normalize(self.image_projection(features), dim=-1)  # (N, J)
 
     def embed_sentences(self, sentences: Sequence[Sequence[int]]) -> Tensor:
@@ -157,7 +158,7 @@ def recall_at_k(similarity: Tensor, sentence_image: Tensor, ks: Sequence[int] = 
 
 
 def _chance_any_in_top(total: int, good: int, k: int) -> float:
-    """P(at least one of `good` items is in the top k of a random order of `total`) = 1 − C(total−good, k)/C(total, k)."""
+    """P(one of `good` items is in the top k of a random order of `total`) = 1 − C(total−good, k) / C(total, k)."""
     return 1.0 - math.comb(total - good, k) / math.comb(total, k) if k <= total else float(good > 0)
 
 
@@ -179,8 +180,9 @@ def rerank_generations(generations: list[Generation], features: Tensor, scorer: 
     reranked, offset = [], 0
     for generation in generations:
         count = len(generation.token_ids)
-        total = [log_p / max(len(tokens) + 1, 1) ** length_penalty + weight * score
-                 for log_p, tokens, score in zip(generation.log_probs, generation.token_ids, scores[offset:offset + count])]
+        image_scores = scores[offset:offset + count]
+        total = [log_p / (len(tokens) + 1) ** length_penalty + weight * score  # log p / (n+1)^α + w · s
+                 for log_p, tokens, score in zip(generation.log_probs, generation.token_ids, image_scores)]
         order = sorted(range(count), key=lambda k: (not generation.finished[k], -total[k]))
         reranked.append(Generation([generation.token_ids[k] for k in order], [generation.log_probs[k] for k in order],
                                    [generation.finished[k] for k in order], [generation.words[k] for k in order]))

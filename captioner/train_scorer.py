@@ -31,11 +31,12 @@ from captioner.encoders import Encoder, EncoderError, build_encoder
 from captioner.features import FeatureCache
 from captioner.metrics import bleu_scores
 from captioner.run_setup import prepare_run_dir, resolve_device, seed_everything
-from captioner.scorer import ImageSentenceScorer, ScorerSettings, ranking_loss, recall_at_k, rerank_generations, scorer_payload
+from captioner.scorer import (ImageSentenceScorer, ScorerSettings, ranking_loss, recall_at_k, rerank_generations,
+                              scorer_payload)
 from captioner.vocab import Vocabulary, tokenize
 
 DEFAULT_CONFIG = "configs/scorer.yaml"
-RERANK_SWEEP = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # weights tried on the validation split when tuning
+RERANK_SWEEP = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # weights tried on the validation split when tuning
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ScorerModelConfig:
 
 @dataclass
 class ScorerTrainConfig:
-    epochs: int = 15  # passes over the training images, one caption each
+    epochs: int = 10  # passes over the training images, one caption each
     batch_size: int = 128  # images per step; the negatives come from the same batch
     learning_rate: float = 2e-3  # Adam
     margin: float = 0.2  # m in the hinge [m − S_kk + S_kl]_+
@@ -119,7 +120,8 @@ def image_features(encoder: Encoder, records: Sequence[ImageRecord], data: DataC
         return FeatureCache(directory, encoder, data.feature_dtype, batch_size, log=log).features(records)[:]
     chunks = []
     for start in range(0, len(records), batch_size):
-        pixels = torch.stack([preprocess_file(record, encoder.preprocess) for record in records[start:start + batch_size]])
+        chunk = records[start:start + batch_size]
+        pixels = torch.stack([preprocess_file(record, encoder.preprocess) for record in chunk])  # (b, 3, S, S)
         chunks.append(encoder(pixels.to(device)).float().cpu())  # (b, F) or (b, R, F)
     return torch.cat(chunks)
 
@@ -188,7 +190,7 @@ def rerank_bleu(captioner, scorer: ImageSentenceScorer, features: torch.Tensor, 
         plain += [generation.words[0] for generation in beams]
         reranked += [generation.words[0] for generation in chosen]
         for weight in weights:
-            sweep_tops[weight] += [generation.words[0] for generation in rerank_generations(beams, chunk, scorer, weight)]
+            sweep_tops[weight] += [g.words[0] for g in rerank_generations(beams, chunk, scorer, weight)]
     captioner.scorer = None
     return {"weight": weights[0], "beam": bleu_scores(plain, references), "reranked": bleu_scores(reranked, references),
             "changed_top_caption": sum(a != b for a, b in zip(plain, reranked)),
@@ -217,14 +219,15 @@ def fit(config: ScorerConfig, log: Callable = print) -> dict[str, Any]:
     val_split = "val" if splits["val"] else "test"
     eval_split = config.eval.split if splits.get(config.eval.split) else "val"
     if not splits["train"] or not splits[val_split] or not splits[eval_split]:
-        raise DatasetFormatError(f"data.root={config.data.root}: the scorer needs a train split and a val or test split")
+        raise DatasetFormatError(f"data.root={config.data.root}: the scorer needs a train split and a val or "
+                                 "test split")
     captioner, encoder, vocab = build_parts(config, splits, device, log)
     features = {name: image_features(encoder, splits[name], config.data, device, log)
                 for name in {"train", val_split, eval_split}}
     captions = {name: caption_ids(splits[name], vocab, config.data.max_caption_length) for name in features}
     model = config.scorer
-    settings = ScorerSettings(features["train"].shape[-1], model.embed_size, model.hidden_size, model.num_layers, model.cell,
-                              model.joint_size, model.pooling, model.dropout)
+    settings = ScorerSettings(features["train"].shape[-1], model.embed_size, model.hidden_size, model.num_layers,
+                              model.cell, model.joint_size, model.pooling, model.dropout)
     scorer = ImageSentenceScorer(vocab, settings).to(device)
     optimizer = torch.optim.Adam(scorer.parameters(), lr=config.train.learning_rate)
     chooser, best, history = random.Random(config.train.seed), None, []

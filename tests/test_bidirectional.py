@@ -27,7 +27,8 @@ def _one_direction(module: StackedLSTM, direction: int) -> StackedLSTM:
     """A 1-layer unidirectional copy holding layer 0's weights of `direction` (0 forward, 1 reverse)."""
     single = StackedLSTM(module.input_size, module.hidden_size, 1, cell=module.cell).double()
     suffix = "_l0" + ("_reverse" if direction else "")
-    weights = {name[: -len(suffix)] + "_l0": value for name, value in module.state_dict().items() if name.endswith(suffix)}
+    weights = {name[: -len(suffix)] + "_l0": value
+               for name, value in module.state_dict().items() if name.endswith(suffix)}
     single.load_state_dict(weights)
     return single
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -167,11 +165,12 @@ def test_safe_launch_settings():
     assert demo.QUEUE_SIZE <= 64 and demo.CONCURRENCY <= 4
 
 
-def test_missing_checkpoint_exits_with_the_train_command(tmp_path):
-    result = subprocess.run([sys.executable, "demo.py", "--checkpoint", str(tmp_path / "none.pt")],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "none.pt not found" in result.stderr and "python train.py" in result.stderr
+def test_missing_checkpoint_exits_with_the_train_command(tmp_path, capsys):
+    import demo  # main() in-process: a fresh interpreter would spend ~20 s importing torch and gradio
+
+    assert demo.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+    error = capsys.readouterr().err
+    assert "none.pt not found" in error and "python train.py" in error
 
 
 def test_empty_runs_dir_exits_with_the_train_command(tmp_path, capsys):
@@ -196,6 +195,19 @@ def test_find_checkpoints_prefers_best_and_reads_metrics(tmp_path, tiny_run):
     assert f"BLEU-4 {bleu4:.1f}" in summary and "test split" in summary
 
 
+def test_find_models_puts_the_default_first(tmp_path):
+    import demo
+
+    for run in ("a", "shapes"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "best.pt").write_bytes(b"")
+    assert demo.find_models(None, str(tmp_path), "cpu").labels == ["shapes/best.pt", "a/best.pt"]
+    chosen = demo.find_models(str(tmp_path / "a" / "best.pt"), str(tmp_path), "cpu")
+    assert chosen.labels == ["a/best.pt", "shapes/best.pt"]
+    with pytest.raises(DemoInputError, match="not one of the checkpoints"):
+        chosen.get("/etc/passwd")
+
+
 def test_decoding_options_refuse_out_of_range_values():
     assert DecodingOptions("greedy", beam_size=5).generate_arguments() == {"beam_size": 1, "max_length": 20}
     for bad in ({"mode": "top-p"}, {"beam_size": 0}, {"max_length": 500}, {"mode": "sampling", "temperature": 0.0}):
@@ -214,9 +226,10 @@ def test_read_uploads_skips_bad_files_and_bounds_the_batch(tmp_path):
         read_uploads([])
 
 
-def tiny_model(cell: str, num_layers: int = 2) -> Captioner:
+def tiny_model(cell: str, num_layers: int = 2, attention: bool = False) -> Captioner:
     torch.manual_seed(0)
-    config = Config(model=ModelConfig(embed_size=8, hidden_size=12, num_layers=num_layers, cell=cell, dropout=0.0))
+    config = Config(model=ModelConfig(embed_size=8, hidden_size=12, num_layers=num_layers, cell=cell, dropout=0.0,
+                                      attention=attention))
     return Captioner(config, Vocabulary(["a", "red", "blue", "circle", "square"])).eval()
 
 
@@ -229,9 +242,10 @@ def test_alternatives_are_ranked_with_their_log_probabilities():
     assert all(isinstance(row[1], str) and row[1] for row in rows)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "coupled", "gru"])
-def test_trace_replays_the_caption_and_plots_what_the_cell_has(cell):
-    model = tiny_model(cell)
+@pytest.mark.parametrize("cell, attention", [("rnn", False), ("lstm", False), ("peephole", False),
+                                             ("coupled", False), ("gru", False), ("lstm", True), ("gru", True)])
+def test_trace_replays_the_caption_and_plots_what_the_cell_has(cell, attention):
+    model = tiny_model(cell, attention=attention)
     pixels = model.encoder.preprocess(Image.new("RGB", (64, 64), "blue")).unsqueeze(0)  # (1, 3, 64, 64)
     generation = model.generate(pixels, beam_size=1, max_length=6)[0]
     trace = inside.trace_caption(model, pixels, generation.token_ids[0], generation.finished[0])
@@ -246,6 +260,7 @@ def test_trace_replays_the_caption_and_plots_what_the_cell_has(cell):
     cell_titles = [axis.get_title() for axis in inside.plot_cells(trace, units=5).axes if axis.get_title()]
     assert len(cell_titles) == 2 and all(("c_t" in title) == inside.has_cell_state(trace) for title in cell_titles)
     assert len(inside.plot_probabilities(trace).axes[0].patches) == len(trace.words)
+    assert "rnn" not in vars(model.decoder), "the shared model must not be modified by a trace"
 
 
 def test_most_active_units_ranks_by_mean_absolute_value():

@@ -41,17 +41,25 @@ def torchrun(*arguments: str) -> subprocess.CompletedProcess:
     """train.py under torchrun with 2 CPU processes; the environment of a plain shell (no torchrun variables)."""
     environment = {key: value for key, value in os.environ.items() if key not in TORCHRUN_VARS}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-               str(REPO / "train.py"), "--config", CONFIG, *arguments]
+               str(REPO / "train.py"), "--config", CONFIG, *arguments, "train.device=cpu"]  # gloo, even beside a GPU
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, env=environment)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def data_root(tmp_path_factory) -> Path:
+    """The tiny shapes dataset, generated once for this module (the ranks then find it complete)."""
+    root = tmp_path_factory.mktemp("ddp") / "data"
+    load_dataset(load_config(CONFIG, tiny_overrides(root, root.parent / "unused")).data, log=lambda message: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_root) -> tuple[Path, subprocess.CompletedProcess]:
     """Two epochs of the tiny config with 2 processes; returns (run directory, the finished process)."""
-    root = tmp_path_factory.mktemp("ddp")
-    return root / "run", torchrun(*tiny_overrides(root / "data", root / "run"), *EVAL_BATCH)
+    run_dir = data_root.parent / "run"
+    return run_dir, torchrun(*tiny_overrides(data_root, run_dir), *EVAL_BATCH)
 
 
 def evaluate_single_process(checkpoint: Path, split: str, beam_size: int) -> tuple[dict, list[str]]:
@@ -102,10 +110,10 @@ def test_test_metrics_equal_single_process_evaluation(ddp_run):
     assert [example["generated"] for example in reported["examples"]] == captions[:10]
 
 
-def test_ddp_run_resumes(ddp_run, tmp_path):
+def test_ddp_run_resumes(ddp_run, data_root, tmp_path):
     run_dir, _ = ddp_run
     resumed_dir = tmp_path / "resumed"
-    result = torchrun("--resume", str(run_dir / "last.pt"), *tiny_overrides(run_dir.parent / "data", resumed_dir),
+    result = torchrun("--resume", str(run_dir / "last.pt"), *tiny_overrides(data_root, resumed_dir),
                       *EVAL_BATCH, "train.epochs=3")
     assert result.stdout.count("resumed from") == 1
     checkpoint = torch.load(resumed_dir / "last.pt", weights_only=True)
@@ -219,28 +227,31 @@ def test_learning_rate_scaling_and_rebase_on_resume():
 
 
 def tiny_captioner() -> tuple[Captioner, torch.Tensor, torch.Tensor]:
+    """A small decoder, image features (B, F) and captions (B*C, L); the encoder under bf16 is covered by
+    test_trainer_steps_in_bf16_when_asked."""
     torch.manual_seed(0)
     config = load_config(CONFIG, ["model.embed_size=32", "model.hidden_size=48", "model.dropout=0"])
     vocab = Vocabulary.build(["a red circle above a blue square", "two green triangles left of a star"], 1)
-    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)  # (B, 3, S, S)
+    model = Captioner(config, vocab)
+    features = torch.randn(4, model.encoder.feature_dim)  # (B, F)
     captions = torch.randint(4, len(vocab), (20, 12))  # (B*C, L), C = 5
     captions[:, 0] = vocab.start_id
-    return Captioner(config, vocab), images, captions
+    return model, features, captions
 
 
-def loss_and_gradients(model: Captioner, images: torch.Tensor, captions: torch.Tensor,
+def loss_and_gradients(model: Captioner, features: torch.Tensor, captions: torch.Tensor,
                        precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     model.zero_grad()
     with autocast(precision, torch.device("cpu")):
-        _, loss = model(images, captions, captions_per_image=5)
+        _, loss = model(None, captions, features=features, captions_per_image=5)
     loss.backward()
     return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
 def test_bf16_autocast_stays_close_to_fp32():
-    model, images, captions = tiny_captioner()
-    loss_32, gradients_32 = loss_and_gradients(model, images, captions, "fp32")
-    loss_16, gradients_16 = loss_and_gradients(model, images, captions, "bf16")
+    model, features, captions = tiny_captioner()
+    loss_32, gradients_32 = loss_and_gradients(model, features, captions, "fp32")
+    loss_16, gradients_16 = loss_and_gradients(model, features, captions, "bf16")
     assert loss_16 != loss_32  # autocast really ran in bfloat16
     assert loss_16.dtype == torch.float32 and torch.isfinite(loss_16)  # the loss itself is computed in fp32
     assert abs(loss_16 - loss_32) < 0.01 * loss_32
@@ -264,13 +275,13 @@ def test_unknown_precision_is_refused():
         autocast("fp16", torch.device("cpu"))
 
 
-def test_trainer_steps_in_bf16_when_asked(ddp_run, tmp_path):
+def test_trainer_steps_in_bf16_when_asked(data_root, tmp_path):
     from captioner.batches import collate
     from captioner.engine import Trainer
 
     losses = {}
     for precision in ("fp32", "bf16"):
-        overrides = [*tiny_overrides(ddp_run[0].parent / "data", tmp_path / precision), f"train.precision={precision}"]
+        overrides = [*tiny_overrides(data_root, tmp_path / precision), f"train.precision={precision}"]
         trainer = Trainer(load_config(CONFIG, [*overrides, "model.dropout=0"]), log=lambda message: None)
         dataset = trainer.training_data()
         losses[precision] = trainer.train_step(*collate([dataset[i] for i in range(4)], trainer.vocab.pad_id))

@@ -54,7 +54,8 @@ def test_loss_counts_the_hardest_violations_in_both_directions():
                                [0.0, 0.75, 0.7]])  # sentence 1: image 2 comes within the margin of image 1
     margin = 0.2
     # rows, max_l [m − S_kk + S_kl]_+ : row 0: 0.2 − 0.5 + 0.6 = 0.3; row 1: 0; row 2: 0.2 − 0.7 + 0.75 = 0.25
-    # columns, max_k [m − S_ll + S_kl]_+ : column 0: 0; column 1: max(0.2 − 0.8 + 0.6, 0.2 − 0.8 + 0.75) = 0.15; column 2: 0
+    # columns, max_k [m − S_ll + S_kl]_+ : column 0: 0; column 1: max(0.2 − 0.8 + 0.6, 0.2 − 0.8 + 0.75) = 0.15;
+    # column 2: 0
     expected = (0.3 + 0.0 + 0.25) / 3 + (0.0 + 0.15 + 0.0) / 3
     assert ranking_loss(similarity, margin).item() == pytest.approx(expected, abs=1e-6)
     # image 0 for sentence 1 (0.2 − 0.8 + 0.7 = 0.1) is a second violation in column 1: the sum counts it,
@@ -126,9 +127,12 @@ def test_every_parameter_gets_a_gradient_and_scores_are_cosines():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{name} got no gradient"
 
 
-def test_wrong_feature_size_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"image features must be \(N, 6\)"):
-        _scorer().embed_images(torch.randn(2, 5))
+def test_region_features_are_averaged_and_a_wrong_size_is_a_clear_error():
+    scorer = _scorer()
+    regions = torch.randn(2, 5, 6)  # (N, R, F) from an attention captioner's encoder
+    assert torch.allclose(scorer.embed_images(regions), scorer.embed_images(regions.mean(dim=1)))
+    with pytest.raises(ValueError, match=r"image features must be \(N, 6\) or \(N, R, 6\)"):
+        scorer.embed_images(torch.randn(2, 5))
 
 
 def _toy_split(count: int, seed: int):
@@ -156,7 +160,8 @@ def test_a_tiny_training_run_beats_chance():
     config = ScorerTrainConfig(batch_size=32, margin=0.2)
     chooser = random.Random(0)
     for epoch in range(25):
-        loss = train_epoch(scorer, optimizer, train_features, encode(train_captions), config, chooser, hardest=epoch > 0)
+        hardest = epoch > 0  # one warm-up epoch over all negatives, as fit() does
+        loss = train_epoch(scorer, optimizer, train_features, encode(train_captions), config, chooser, hardest)
     after = retrieval_metrics(scorer, test_features, encode(test_captions))
     # 12 colour–shape kinds among 24 images: a perfect text→image R@1 is ~50% (two images per kind tie), chance ~4%
     assert after["t2i_r1"] > 3 * after["t2i_r1_chance"], (before, after, loss)
@@ -188,7 +193,9 @@ def test_rerank_orders_by_log_p_plus_weight_times_score():
     scorer = _FixedScores({("red",): 0.0, ("blue",): 0.9, ("green",): 1.5})
     generation = _generation(alternatives, [-1.0, -2.0, -3.0])
     features = torch.zeros(1, 4)
-    tops = lambda weight: [words[0] for words in rerank_generations([generation], features, scorer, weight)[0].words]  # noqa: E731
+    def tops(weight):
+        return [words[0] for words in rerank_generations([generation], features, scorer, weight)[0].words]
+
     assert tops(0.0) == ["red", "blue", "green"]  # log p alone: the beam's order
     assert tops(1.0) == ["red", "blue", "green"]  # −1.0, −1.1, −1.5
     assert tops(2.0) == ["green", "blue", "red"]  # −1.0, −0.2, 0.0
@@ -200,9 +207,11 @@ def test_rerank_keeps_finished_alternatives_first_and_applies_the_length_penalty
     scorer = _FixedScores({("red",): 0.0, ("blue", "a", "a"): 0.0, ("green",): 5.0})
     generation = _generation((("red",), ("blue", "a", "a"), ("green",)), [-2.0, -3.0, -0.1], [True, True, False])
     reranked = rerank_generations([generation], torch.zeros(1, 4), scorer, 1.0)[0]
-    assert [words[0] for words in reranked.words] == ["red", "blue", "green"] and reranked.finished == [True, True, False]
+    assert [words[0] for words in reranked.words] == ["red", "blue", "green"]
+    assert reranked.finished == [True, True, False]
     # α = 1: −2/2 = −1.0 against −3/4 = −0.75: the longer caption wins
-    assert rerank_generations([generation], torch.zeros(1, 4), scorer, 1.0, length_penalty=1.0)[0].words[0] == ["blue", "a", "a"]
+    with_penalty = rerank_generations([generation], torch.zeros(1, 4), scorer, 1.0, length_penalty=1.0)[0]
+    assert with_penalty.words[0] == ["blue", "a", "a"]
 
 
 def test_generate_reranks_with_the_attached_scorer():
@@ -252,7 +261,8 @@ def test_train_py_trains_a_scorer_end_to_end(tiny_run, tmp_path):
     run_dir = tmp_path / "scorer"
     command = [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs/scorer.yaml"),
                f"run_dir={run_dir}", f"data.root={data.root}", f"scorer.captioner_checkpoint={tiny_run / 'best.pt'}",
-               *(f"data.synthetic.{key}={getattr(data.synthetic, key)}" for key in ("num_train", "num_val", "num_test")),
+               *(f"data.synthetic.{key}={getattr(data.synthetic, key)}"  # the same data: none regenerated
+                 for key in ("num_train", "num_val", "num_test", "image_size", "seed")),
                "scorer.hidden_size=16", "scorer.embed_size=16", "scorer.joint_size=16", "train.epochs=2",
                "train.batch_size=16", "train.threads=1", "eval.beam_size=2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)

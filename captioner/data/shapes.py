@@ -39,7 +39,7 @@ from captioner.data.records import SPLITS, DatasetFormatError
 from captioner.metrics import bleu_scores
 from captioner.vocab import tokenize
 
-GENERATOR_VERSION = 1  # bump whenever scenes, captions or rendering change, so old copies are redone
+GENERATOR_VERSION = 2  # bump whenever scenes, captions or rendering change, so old copies are redone
 JSON_NAME = "dataset_shapes.json"
 IMAGES_DIR = "images"
 CAPTIONS_PER_IMAGE = 5
@@ -129,12 +129,16 @@ def _place(objects: list[dict[str, Any]], rng: random.Random, image_size: int, t
 
 
 def scene_captions(scene: dict[str, Any], rng: random.Random, count: int = CAPTIONS_PER_IMAGE) -> list[str]:
-    """`count` different true captions, each from a different template while templates last."""
+    """`count` different true captions: the plain one first, then one per template while templates last.
+
+    Like human annotators, who often converge on one plain description and vary the rest, every image
+    has the plain caption (`plain_caption`) among its references; the others vary template, synonyms,
+    order of mention and detail."""
     objects = scene["objects"]
     usable = [(template, order) for template in _TEMPLATES[len(objects)]
               if (order := _order_for(template, objects, rng, scene["image_size"])) is not None]
     rng.shuffle(usable)
-    captions: list[str] = []
+    captions: list[str] = [plain_caption(scene)]
     for attempt in range(20 * count):
         template, order = usable[attempt % len(usable)]
         caption = _fill(template, [objects[index] for index in order], scene, rng)
@@ -143,6 +147,24 @@ def scene_captions(scene: dict[str, Any], rng: random.Random, count: int = CAPTI
         if len(captions) == count:
             return captions
     raise RuntimeError(f"shapes: could not write {count} different captions for scene {scene}")
+
+
+def plain_caption(scene: dict[str, Any]) -> str:
+    """Every object with size, colour and shape, left to right; two objects also get their clearest
+    relation ("a small red circle to the left of a large blue square")."""
+    objects = sorted(scene["objects"], key=lambda item: item["x"])
+    phrases = [_noun_phrase(item, None, plain=True, with_size=True) for item in objects]
+    if len(objects) == 1:
+        return phrases[0]
+    if len(objects) == 3:
+        return f"{phrases[0]}, {phrases[1]} and {phrases[2]}"
+    relations = stated_relations(objects[0], objects[1], scene["image_size"])
+    if "left" in relations:
+        return f"{phrases[0]} {RELATION_PHRASES['left'][0]} {phrases[1]}"
+    top, bottom = sorted(range(2), key=lambda index: objects[index]["y"])
+    if "above" in stated_relations(objects[top], objects[bottom], scene["image_size"]):
+        return f"{phrases[top]} {RELATION_PHRASES['above'][0]} {phrases[bottom]}"
+    return f"{phrases[0]} and {phrases[1]}"
 
 
 def _order_for(template: str, objects: list[dict[str, Any]], rng: random.Random, side: int) -> tuple[int, ...] | None:
@@ -175,10 +197,12 @@ def _fill(template: str, ordered: list[dict[str, Any]], scene: dict[str, Any], r
     raise RuntimeError(f"shapes: template {template!r} gives captions over {MAX_WORDS} words")
 
 
-def _noun_phrase(item: dict[str, Any], rng: random.Random, plain: bool) -> str:
+def _noun_phrase(item: dict[str, Any], rng: random.Random | None, plain: bool, with_size: bool | None = None) -> str:
     """'a small red circle', 'one blue square', 'an orange triangle' (size said 60% of the time)."""
-    with_size = not plain and rng.random() < 0.6
-    words = ([rng.choice(SIZE_WORDS[item["size"]])] if with_size else []) + [item["colour"], item["shape"]]
+    if with_size is None:
+        with_size = not plain and rng.random() < 0.6
+    size_word = SIZE_WORDS[item["size"]][0] if plain else rng.choice(SIZE_WORDS[item["size"]])
+    words = ([size_word] if with_size else []) + [item["colour"], item["shape"]]
     article = "one" if not plain and rng.random() < 0.15 else ("an" if words[0][0] in "aeiou" else "a")
     return " ".join([article] + words)
 

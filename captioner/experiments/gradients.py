@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.experiments.tbptt import ChunkStep, train_truncated
-from captioner.lstm import StackedLSTM
+from captioner.lstm import CELLS, StackedLSTM
 
-CELL_TYPES = ("rnn", "lstm", "peephole", "coupled", "gru")
+CELL_TYPES = tuple(CELLS)  # rnn, lstm, peephole, coupled, gru
 CARRY_GATE = {"lstm": 1, "peephole": 1, "coupled": 0, "gru": 1}  # chunk of bias_ih: f (i,f,g,o / f,g,o), z (r,z,n)
 IGNORE = -100  # target of the first `delay` steps, which have nothing to recall
 
@@ -47,7 +47,7 @@ class GradientBudget:
     carry_bias: float = 1.0  # added to the forget (GRU: update) gate bias for curve (b)
     chunk_length: int = 20  # k of truncated BPTT while training
     sequence_length: int = 200  # length of each training stream, cut into chunks of k
-    sequences: int = 20  # training streams per cell (updates = sequences × sequence_length / k)
+    sequences: int = 40  # training streams per cell (updates = sequences × sequence_length / k)
     learning_rate: float = 0.01  # Adam; large on purpose, so clipping has something to do
     grad_clip: float = 1.0  # global gradient norm limit
     seed: int = 0  # weights and data
@@ -170,7 +170,7 @@ def run_gradients(budget: GradientBudget, cells: tuple[str, ...] = CELL_TYPES, l
     results = []
     for cell in cells:
         result = measure_cell(cell, budget)
-        log(f"{cell}: recall accuracy {result['recall_accuracy']:.2f}, clipped {result['clipping']['share_clipped']:.0%} "
+        log(f"{cell}: recall accuracy {result['recall_accuracy']:.2f}, clipped {result['clipping']['share_clipped']:.1%} "
             f"of {result['clipping']['updates']} updates; ‖∂L/∂h‖ at distance {budget.flow_length - 1} / at 0: "
             f"{_fade(result['flow_init']):.1e} (init), {_fade(result['flow_trained']):.1e} (trained)")
         results.append(result)
@@ -191,7 +191,7 @@ def markdown_table(report: dict[str, Any], distances: Optional[tuple[int, ...]] 
         for key in ("flow_init", "flow_carry_bias", "flow_trained"):
             row += [f"{result[key][d] / result[key][0]:.1e}" if result[key] else "—" for d in distances]
         clip = result["clipping"]
-        row += [f"{result['recall_accuracy']:.2f}", f"{clip['share_clipped']:.0%}",
+        row += [f"{result['recall_accuracy']:.2f}", f"{clip['share_clipped']:.1%}",
                 f"{clip['median_before']:.2f} / {clip['max_before']:.2f}", f"{clip['max_after']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ carry-gate bias raised, after training), and gradient clipping at work (norm bef
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: render to files on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 COLOURS = {"rnn": "tab:red", "lstm": "tab:blue", "peephole": "tab:green", "coupled": "tab:purple", "gru": "tab:orange"}
-DPI = 80  # keeps each committed PNG well under 150 KB
+DPI = 80  # with the palette below, keeps each committed PNG well under 150 KB
+PALETTE_COLOURS = 128  # line plots need few colours; a palette PNG is a third of the RGBA size
 
 
 def plot_cells(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
@@ -50,14 +53,18 @@ def plot_gradients(report: dict[str, Any], path: Path) -> None:
               ("flow_trained", f"after truncated-BPTT training (k={budget['chunk_length']})"))
     for axis, (key, title) in zip(axes.flat, panels):
         for result in report["cells"]:
-            if result[key] is None:
-                continue
-            flow = np.array(result[key])
-            axis.semilogy(np.arange(len(flow)), flow / flow[0], color=COLOURS.get(result["cell"]), label=result["cell"])
+            flow, style, label = np.array(result[key] or result["flow_init"]), "-", result["cell"]
+            if result[key] is None:  # no carry gate (rnn): its initial curve, dashed, as the reference
+                style, label = "--", f"{result['cell']} (no gate, as at init)"
+            axis.semilogy(np.arange(len(flow)), flow / flow[0], style, color=COLOURS.get(result["cell"]), label=label)
+        if key == "flow_trained":
+            axis.axvline(budget["delay"], color="grey", linestyle=":", label=f"task delay ({budget['delay']} steps)")
+            axis.legend(fontsize=8)
         axis.set_title(f"‖∂L/∂h_t‖ / ‖∂L/∂h_T‖, {title}", fontsize=9)
         axis.set_xlabel("distance T − t from the loss (steps)")
         axis.grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=8)
+    axes[0, 1].legend(fontsize=8)
     _plot_clipping(axes[1, 1], report)
     figure.tight_layout()
     _save(figure, path)
@@ -68,19 +75,24 @@ def _plot_clipping(axis: Any, report: dict[str, Any]) -> None:
     for result in report["cells"]:
         clip = result["clipping"]
         axis.semilogy(clip["norm_before"], color=COLOURS.get(result["cell"]), linewidth=0.8, alpha=0.8,
-                      label=f"{result['cell']} before ({clip['share_clipped']:.0%} clipped)")
+                      label=f"{result['cell']} before ({clip['share_clipped']:.1%} clipped)")
         if result["cell"] == "rnn":
-            axis.semilogy(clip["norm_after"], color="black", linewidth=0.8, linestyle="--", label="rnn after clipping")
+            axis.semilogy(clip["norm_after"], color="black", linewidth=1.0, label="rnn after clipping")
     axis.axhline(report["budget"]["grad_clip"], color="grey", linestyle=":", label="clip threshold")
+    lowest = min(min(result["clipping"]["norm_before"]) for result in report["cells"])
+    axis.set_ylim(bottom=lowest / 100)  # room below the curves for the legend (log scale)
     axis.set_title(f"gradient clipping (Adam lr={report['budget']['learning_rate']:g})", fontsize=9)
     axis.set_xlabel("update (one chunk of k steps)")
     axis.set_ylabel("global gradient norm")
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="lower right", ncol=2)
 
 
 def _save(figure: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(figure)
+    buffer.seek(0)
+    Image.open(buffer).convert("RGB").quantize(colors=PALETTE_COLOURS).save(path, optimize=True)
