@@ -20,16 +20,18 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import gradio as gr
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
 
-from captioner import CheckpointError
-from captioner import inside
-from captioner.demo_support import (DECODING_MODES, MAX_BATCH_IMAGES, MAX_BEAM_SIZE, MAX_CAPTION_LENGTH,
-                                    DecodingOptions, DemoInputError, ModelCatalog, alternatives_table,
-                                    caption_images, caption_pixels, caption_text, checkpoint_label, find_checkpoints,
-                                    model_summary, pixels_of, read_upload, read_uploads)
-from captioner.images import ImageError
+from captioner import CheckpointError  # noqa: E402
+from captioner import inside  # noqa: E402
+from captioner.demo_support import (DECODING_MODES, MAX_BATCH_IMAGES, MAX_BEAM_SIZE,  # noqa: E402
+                                    MAX_CAPTION_LENGTH, DecodingOptions, DemoInputError, ModelCatalog,
+                                    alternatives_table, caption_images, caption_pixels, caption_text,
+                                    checkpoint_label, find_checkpoints, model_summary, pixels_of, read_upload,
+                                    read_uploads)
+from captioner.images import ImageError  # noqa: E402
 
 TRAIN_COMMAND = "python train.py --config configs/shapes.yaml"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples" / "images"
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    torch.set_num_threads(max(1, args.threads))  # more threads than free cores makes OpenMP spin: 10x slower
+    torch.set_num_threads(max(1, args.threads))  # CONCURRENCY requests at once share the cores
     build_app(catalog).launch(**launch_options(args.host, args.port))
     return 0
 

@@ -15,6 +15,7 @@ from benchmarks.workload import make_model, shapes_config, shapes_vocabulary
 from captioner.decoding import beam_search
 
 IMAGES, MAX_LENGTH, BEAMS = 64, 20, (1, 3, 5)
+DECODERS = ("show-and-tell", "attention")
 QUICK_IMAGES, QUICK_MAX_LENGTH = 4, 5
 
 
@@ -44,23 +45,25 @@ def identical(first, second) -> bool:
 def run(settings: Settings) -> dict:
     images = QUICK_IMAGES if settings.quick else IMAGES
     max_length = QUICK_MAX_LENGTH if settings.quick else MAX_LENGTH
-    model = make_model(shapes_config(), shapes_vocabulary()).eval()
-    with torch.no_grad():
-        features = model.encoder(torch.randint(0, 256, (images, 3, 64, 64), dtype=torch.uint8,
-                                               generator=torch.Generator().manual_seed(0)))
+    pixels = torch.randint(0, 256, (images, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     timings, checks, rows, ratios = {}, {}, [], {}
-    for beam in BEAMS:
-        batched, per_image = searches(model, features, beam, max_length)
-        checks[beam] = identical(batched(), per_image())
-        result = measure({"batched": batched, "per-image loop": per_image}, settings.repeats)
-        timings[f"beam {beam}"] = result
-        speedup = result["per-image loop"]["min"] / result["batched"]["min"]
-        ratios[f"beam {beam}"] = round(speedup, 2)
-        rows.append([("greedy" if beam == 1 else f"beam {beam}"), milliseconds(result["batched"]["min"]),
-                     f"{images / result['batched']['min']:.1f}", milliseconds(result["per-image loop"]["min"]),
-                     f"{images / result['per-image loop']['min']:.1f}", f"{speedup:.1f}x", checks[beam]])
+    for decoder in DECODERS:
+        model = make_model(shapes_config((f"model.attention={decoder == 'attention'}",)), shapes_vocabulary()).eval()
+        with torch.no_grad():
+            features = model.encoder(pixels)  # (B, F), or (B, regions, D) for attention
+        for beam in BEAMS:
+            key = f"{decoder}, beam {beam}"
+            batched, per_image = searches(model, features, beam, max_length)
+            checks[key] = identical(batched(), per_image())
+            result = measure({"batched": batched, "per-image loop": per_image}, settings.repeats)
+            timings[key] = result
+            speedup = result["per-image loop"]["min"] / result["batched"]["min"]
+            ratios[key] = round(speedup, 2)
+            rows.append([decoder, "greedy" if beam == 1 else f"beam {beam}", milliseconds(result["batched"]["min"]),
+                         f"{images / result['batched']['min']:.1f}", milliseconds(result["per-image loop"]["min"]),
+                         f"{images / result['per-image loop']['min']:.1f}", f"{speedup:.1f}x", checks[key]])
     print(table(f"Decoding {images} images, max_length {max_length} (captions/s = images/s, best of each)",
-                ["search", "batched ms", "batched captions/s", "per-image ms", "per-image captions/s",
+                ["decoder", "search", "batched ms", "batched captions/s", "per-image ms", "per-image captions/s",
                  "batched speed-up", "identical output"], rows))
     path = write_result(settings, "decoding", {"images": images, "max_length": max_length, "timings": timings,
                                                "speedup": ratios, "identical": checks})

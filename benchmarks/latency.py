@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: spinning threads on a busy machine
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -87,6 +89,7 @@ def benchmark(specs: list[str], beams: list[int], runs: int, warmup: int, max_le
             name = f"{Path(spec).parent.name}/{Path(spec).name}" if trained else Path(spec).name
             row = {"model": name,
                    "trained": trained, "backbone": config.backbone, "cell": config.cell,
+                   "attention": bool(getattr(config, "attention", False)),
                    "layers": config.num_layers, "hidden": config.hidden_size, "vocab": len(model.vocab),
                    "beam": beam_size}
             row.update(time_requests(model, images, beam_size, runs, warmup, max_length))
@@ -100,8 +103,9 @@ def markdown_table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
         weights = "trained" if row["trained"] else "untrained (upper bound)"
+        attention = " + attention" if row["attention"] else ""
         lines.append(f"| {row['model']} | {weights} | {row['backbone']} | {row['cell']} x {row['layers']}, "
-                     f"{row['hidden']} | {row['vocab']} | {row['beam']} | {row['p50_ms']} | {row['p95_ms']} "
+                     f"{row['hidden']}{attention} | {row['vocab']} | {row['beam']} | {row['p50_ms']} | {row['p95_ms']} "
                      f"| {row['cpu_ms']} | {row['mean_words']} |")
     return "\n".join(lines)
 
@@ -127,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     specs = args.models or [default, str(LARGEST_ENCODER_CONFIG)]
     with torch.inference_mode():
         results = benchmark(specs, args.beams, args.runs, args.warmup, args.max_length, args.vocab_size)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-               "torch": torch.__version__, "python": platform.python_version()}
+    machine = {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
+               "threads": args.threads, "load_average_1min": round(os.getloadavg()[0], 2),
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
+               "python": platform.python_version()}
     Path(args.output).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(markdown_table(results))
     print(f"\n{machine}; written to {args.output}")

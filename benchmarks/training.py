@@ -1,10 +1,12 @@
 """Training throughput of a full Captioner step (loss, backward, clip, Adam), images/s and tokens/s.
 
 configs/shapes.yaml sizes: 32 images x 5 captions per step, E=128, H=256, 1 layer, ~50 words. Variants:
-  small_cnn end-to-end        pixels in, the CNN trained too (the shapes default)
-  ... reference LSTM          the same with StackedLSTM(fast=False): what the fast path buys end to end
-  <backbone> frozen, pixels   the frozen encoder runs on every step (no feature cache)
-  <backbone> frozen, cache    features read from a real FeatureCache on disk (memory-mapped shards)
+  small_cnn end-to-end            pixels in, the CNN trained too; Show-and-Tell decoder (whole-sequence
+                                  StackedLSTM: the fast path)
+  ... reference LSTM              the same with StackedLSTM(fast=False): what the fast path buys end to end
+  ... attention                   the attention decoder (shapes.yaml's default), which steps the LSTM
+  <backbone> frozen, pixels       the frozen encoder runs on every step (no feature cache)
+  <backbone> frozen, cache        features read from a real FeatureCache on disk (memory-mapped shards)
 for small_cnn at 64 px and efficientnet_lite0 at 224 px. The cache ratio (pixels / cache step time) is
 how much faster every epoch after the first gets; the first epoch pays the encoding once.
 """
@@ -45,16 +47,18 @@ def variants(settings: Settings, root: Path) -> tuple[dict, dict]:
     tokens = int((captions[:, 1:] != vocab.pad_id).sum())
     records = shapes_records(root / "data", max(B, 8))[:B]
     steps = {}
-    for backbone, frozen, fast in [("small_cnn", False, True), ("small_cnn", False, False),
-                                   ("small_cnn", True, True), ("efficientnet_lite0", True, True)]:
+    for backbone, frozen, decoder in [("small_cnn", False, "fast"), ("small_cnn", False, "reference LSTM"),
+                                      ("small_cnn", False, "attention"), ("small_cnn", True, "fast"),
+                                      ("efficientnet_lite0", True, "fast")]:
         if settings.quick and backbone != "small_cnn":
             continue
-        model_config = shapes_config(overrides + (f"model.backbone={backbone}", f"model.freeze_encoder={frozen}"))
+        model_config = shapes_config(overrides + (f"model.backbone={backbone}", f"model.freeze_encoder={frozen}",
+                                                  f"model.attention={decoder == 'attention'}"))
         model = make_model(model_config, vocab).train()
-        model.decoder.rnn.fast = fast
+        model.decoder.rnn.fast = decoder != "reference LSTM"
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         pixels = _pixels(model, records)
-        label = f"{backbone} {'frozen' if frozen else 'end-to-end'}" + ("" if fast else ", reference LSTM")
+        label = f"{backbone} {'frozen' if frozen else 'end-to-end'}" + ("" if decoder == "fast" else f", {decoder}")
         steps[f"{label}, pixels"] = _step(model, optimizer, captions, C, images=pixels)
         if frozen:
             cache = FeatureCache(root / "cache", model.encoder, log=lambda message: None)

@@ -62,7 +62,10 @@ class ModelConfig:
     num_layers: int = 1  # stacked recurrent layers
     cell: str = "lstm"  # rnn | lstm | peephole | coupled | gru
     dropout: float = 0.3  # on embeddings, between layers and before the output layer
+    image_as: str = "first_input"  # first_input (Show and Tell) | initial_state (h_0, c_0 = tanh(W f))
     attention: bool = False  # soft attention over the encoder's feature map (Show, Attend and Tell)
+    attention_query: str = "previous"  # previous: h_{t-1} looks, context into the LSTM (Xu et al. 2015) |
+    #   current: h_t looks, context into the output (Lu et al. 2017); no loop over time in training
 
 
 @dataclass

@@ -4,8 +4,9 @@ On CPU in float32 they go to oneDNN, the library behind torch's own nn.LSTM on C
 `mkldnn::_linear_pointwise` op: measured on a 2-core AMD EPYC (Zen 4) it runs the LSTM's products
 15-25% faster than `torch.addmm` (MKL). A weight that is used at every time step is reordered once into
 oneDNN's blocked layout (`StepWeight`), which is what makes the small per-step GEMM (B=64 rows) fast.
-Everywhere else (CUDA, float64, a torch built without oneDNN) the same products are `torch.addmm` /
-`torch.mm`; `use_onednn(False)` forces that path, for tests and for benchmarks that compare the two.
+Everywhere else (CUDA, float64, a torch built without oneDNN, and products too small for oneDNN's fixed
+cost per call to pay off) the same products are `torch.addmm` / `torch.mm`; `use_onednn(False)` forces
+that path, for tests and for benchmarks that compare the two.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 _SETTINGS = {"onednn": True}  # switched by `use_onednn`
+ONEDNN_MIN_MACS = 1 << 24  # multiply-adds per product below which addmm wins (measured: B=64, H=256 is even)
 
 
 def _onednn_available() -> bool:
@@ -40,15 +42,15 @@ def use_onednn(enabled: bool) -> Iterator[None]:
         _SETTINGS["onednn"] = previous
 
 
-def onednn_applies(tensor: Tensor) -> bool:
-    """oneDNN handles float32 CPU tensors; everything else uses torch's own GEMM."""
+def onednn_applies(tensor: Tensor, macs: int = ONEDNN_MIN_MACS) -> bool:
+    """oneDNN handles float32 CPU products of at least ONEDNN_MIN_MACS multiply-adds; else torch's GEMM."""
     return _SETTINGS["onednn"] and ONEDNN_AVAILABLE and tensor.device.type == "cpu" \
-        and tensor.dtype == torch.float32
+        and tensor.dtype == torch.float32 and macs >= ONEDNN_MIN_MACS
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """x (N, I) @ weightᵀ (I, O) + bias -> (N, O)."""
-    if onednn_applies(x):
+    if onednn_applies(x, x.shape[0] * weight.numel()):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
 
@@ -67,7 +69,7 @@ class StepWeight:
     def __init__(self, weight: Tensor, batch_size: int) -> None:
         self.weight = weight
         self.packed = None
-        if onednn_applies(weight):  # reordered once into oneDNN's blocked layout for B-row products
+        if onednn_applies(weight, batch_size * weight.numel()):  # reordered once into oneDNN's blocked layout
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
 
     def __call__(self, x: Tensor, other: Optional[Tensor] = None) -> Tensor:

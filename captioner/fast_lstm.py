@@ -72,11 +72,12 @@ class LSTMLayerFunction(torch.autograd.Function):
         hidden = x.new_empty(T, B, H)  # h_1 .. h_T, the layer's output
         gates, h = [], h_0
         for t in range(T):
-            gate = input_gates[t] if h is None else recurrent(h, input_gates[t])  # (B, 4H) A_t = W_x x_t + b + W_h h_{t-1}
+            # (B, 4H) A_t = W_x x_t + b + W_h h_{t-1}; with h_0 = 0 the first step has no W_h term
+            gate = input_gates[t] if h is None else recurrent(h, input_gates[t])
             h = _cell_step(gate, cells[t], cells[t + 1], tanh_cells[t], hidden[t])
             gates.append(gate)  # now the activations i, f, g, o
         ctx.save_for_backward(inputs, weight_ih, weight_hh, h_0, hidden)
-        ctx.gates, ctx.cells, ctx.tanh_cells = gates, cells, tanh_cells  # intermediates: kept on ctx, as torch advises
+        ctx.gates, ctx.cells, ctx.tanh_cells = gates, cells, tanh_cells  # intermediates live on ctx, as torch advises
         return hidden, hidden[-1].clone(), cells[-1].clone()
 
     @staticmethod

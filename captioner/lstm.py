@@ -122,6 +122,8 @@ class StackedLSTM(nn.Module):
     state=None means h_0 = c_0 = 0. Dropout acts on each layer's output except the last, in training only.
     rnn and gru have no cell state: their c is ignored on input (None is accepted) and c_n is all zeros of
     h_n's shape, so every cell returns the same (h, c) type and the decoder needs no special case.
+    fast=True (default) runs lstm layers through captioner/fast_lstm.py where it applies (see the module
+    docstring); set `module.fast = False` to run the readable cells, e.g. to compare or to debug.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
@@ -164,7 +166,7 @@ class StackedLSTM(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
-                f"dropout={self.dropout}, bidirectional={self.bidirectional}")
+                f"dropout={self.dropout}, bidirectional={self.bidirectional}, fast={self.fast}")
 
     def _weights(self, layer: int, direction: int) -> Weights:
         suffix = self._suffix(layer, direction)

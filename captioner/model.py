@@ -23,13 +23,34 @@ from captioner.vocab import Vocabulary
 State = tuple[torch.Tensor, torch.Tensor]
 
 
+IMAGE_INPUTS = ("first_input", "initial_state")  # where Decoder feeds the image (model.image_as)
+
+
+def initial_state(init_h: nn.Linear, init_c: nn.Linear, image: torch.Tensor, num_layers: int) -> State:
+    """h_0 = tanh(W_h v), c_0 = tanh(W_c v) for every layer, from an image vector v (B, D) -> (layers, B, H) each."""
+    B = image.size(0)
+    h = torch.tanh(init_h(image)).view(B, num_layers, -1).transpose(0, 1)  # (layers, B, H) h_0 = tanh(W_h v)
+    c = torch.tanh(init_c(image)).view(B, num_layers, -1).transpose(0, 1)  # (layers, B, H) c_0 = tanh(W_c v)
+    return h.contiguous(), c.contiguous()
+
+
 class Decoder(nn.Module):
-    """Word embedding + StackedLSTM + output layer, with the image as the first input."""
+    """Word embedding + StackedLSTM + output layer. The image enters as the input before <start>
+    (image_as="first_input", Show and Tell) or as the initial state (image_as="initial_state",
+    h_0, c_0 = tanh(W f) as Xu et al. 2015 initialise theirs): with a frozen feature as the only view
+    of the image, the initial state binds the words to the image in far fewer steps."""
 
     def __init__(self, feature_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
-                 num_layers: int, cell: str, dropout: float) -> None:
+                 num_layers: int, cell: str, dropout: float, image_as: str = "first_input") -> None:
         super().__init__()
-        self.image_projection = nn.Linear(feature_dim, embed_size)
+        if image_as not in IMAGE_INPUTS:
+            raise ConfigError(f"model.image_as: expected one of {', '.join(IMAGE_INPUTS)}, got {image_as!r}")
+        self.image_as, self.num_layers = image_as, num_layers
+        if image_as == "first_input":
+            self.image_projection = nn.Linear(feature_dim, embed_size)
+        else:
+            self.init_h = nn.Linear(feature_dim, num_layers * hidden_size)
+            self.init_c = nn.Linear(feature_dim, num_layers * hidden_size)
         self.embedding = nn.Embedding(vocab_size, embed_size)
         self.rnn = StackedLSTM(embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.dropout = nn.Dropout(dropout)
@@ -38,14 +59,20 @@ class Decoder(nn.Module):
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         """Teacher-forced logits. features (B, F), tokens (B*repeats, T) starting with <start> -> (B*repeats, T, V);
         token rows b*repeats .. b*repeats+repeats-1 are captions of image b."""
-        image = self.image_projection(features).repeat_interleave(repeats, dim=0).unsqueeze(1)  # (B*r, 1, E)
         words = self.embedding(tokens)  # (B, T, E)
+        if self.image_as == "initial_state":
+            state = tuple(part.repeat_interleave(repeats, dim=1) for part in self.start(features))  # (layers, B*r, H)
+            hidden, _ = self.rnn(self.dropout(words), state)  # (B*r, T, H)
+            return self.output(self.dropout(hidden))  # (B*r, T, V)
+        image = self.image_projection(features).repeat_interleave(repeats, dim=0).unsqueeze(1)  # (B*r, 1, E)
         inputs = self.dropout(torch.cat([image, words], dim=1))  # (B, T+1, E)
         hidden, _ = self.rnn(inputs)  # (B, T+1, H)
         return self.output(self.dropout(hidden[:, 1:]))  # (B, T, V): drop the image step's output
 
     def start(self, features: torch.Tensor) -> State:
-        """The state after reading the image, from h_0 = c_0 = 0."""
+        """The state after reading the image: from h_0 = c_0 = 0, or the image's initial state."""
+        if self.image_as == "initial_state":
+            return initial_state(self.init_h, self.init_c, self.dropout(features), self.num_layers)
         _, state = self.rnn.step(self.image_projection(features), None)
         return state
 
@@ -90,12 +117,9 @@ class AttentionDecoder(nn.Module):
     def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """features (B, L, D) -> state (h, c, regions (L, B, E), keys (L, B, E)); h and c (layers, B, H)."""
         regions = self.region_projection(features)  # (B, L, E)
-        mean = regions.mean(dim=1)  # (B, E) ā
-        B = features.size(0)
-        h = torch.tanh(self.init_h(mean)).view(B, self.num_layers, self.hidden_size).transpose(0, 1)  # (layers, B, H)
-        c = torch.tanh(self.init_c(mean)).view(B, self.num_layers, self.hidden_size).transpose(0, 1)  # (layers, B, H)
+        h, c = initial_state(self.init_h, self.init_c, regions.mean(dim=1), self.num_layers)  # from ā = mean_i a_i
         keys = self.region_keys(regions)  # (B, L, E) W_a a_i, computed once per image
-        return h.contiguous(), c.contiguous(), regions.transpose(0, 1), keys.transpose(0, 1)
+        return h, c, regions.transpose(0, 1), keys.transpose(0, 1)
 
     def advance(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
         """One word: tokens (B,) -> logits (B, V) and the new state."""
@@ -122,6 +146,73 @@ class AttentionDecoder(nn.Module):
         return F.log_softmax(logits, dim=-1), state
 
 
+class CurrentStateAttentionDecoder(nn.Module):
+    """Spatial attention queried by the CURRENT state (Lu et al. 2017, "Knowing When to Look", sec. 2.2,
+    without the sentinel): the LSTM reads [E y_{t-1}; v_g] (v_g a global image vector at every step),
+    then looks at the regions with h_t, and the context joins h_t at the output:
+
+        v_g = ReLU(W_g ā)   V = W_v A   (regions A (L, D) -> V (L, H), ā = mean_i a_i)
+        h_t = StackedLSTM([E y_{t-1}; v_g], h_{t-1})            from h_0 = c_0 = 0
+        e_t = w^T tanh(W_k V + W_q h_t 1^T)   α_t = softmax(e_t)   c_t = Σ_i α_ti V_i
+        p(y_t) = softmax(W_o (h_t + c_t))
+
+    No input of the LSTM depends on attention, so teacher forcing runs the whole caption in one
+    StackedLSTM.forward (its fast path) and attends for all T at once, where Xu et al.'s h_{t-1}
+    query needs a Python loop over time.
+    """
+
+    def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
+                 num_layers: int, cell: str, dropout: float) -> None:
+        super().__init__()
+        self.region_projection = nn.Linear(region_dim, hidden_size)  # W_v
+        self.global_projection = nn.Linear(region_dim, embed_size)  # W_g
+        self.region_keys = nn.Linear(hidden_size, embed_size)  # W_k
+        self.state_query = nn.Linear(hidden_size, embed_size)  # W_q
+        self.score = nn.Linear(embed_size, 1)  # w
+        self.embedding = nn.Embedding(vocab_size, embed_size)
+        self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden_size, vocab_size)
+
+    def image(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features (B, L, D) -> regions V (B, L, H), their keys W_k V (B, L, E), v_g (B, E)."""
+        regions = self.region_projection(features)  # (B, L, H)
+        global_image = F.relu(self.global_projection(features.mean(dim=1)))  # (B, E) v_g = ReLU(W_g ā)
+        return regions, self.region_keys(regions), global_image
+
+    def attend(self, hidden: torch.Tensor, regions: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, H), regions (B, L, H), keys (B, L, E) -> context (B, T, H)."""
+        query = self.state_query(hidden).unsqueeze(2)  # (B, T, 1, E) W_q h_t
+        e = self.score(torch.tanh(keys.unsqueeze(1) + query)).squeeze(-1)  # (B, T, L) e_t
+        alpha = torch.softmax(e, dim=-1)  # (B, T, L) α_t
+        return alpha @ regions  # (B, T, H) c_t = Σ_i α_ti V_i
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+        """Teacher-forced logits. features (B, L, D), tokens (B*repeats, T) -> (B*repeats, T, V)."""
+        regions, keys, global_image = (part.repeat_interleave(repeats, dim=0) for part in self.image(features))
+        words = self.embedding(tokens)  # (B*r, T, E)
+        inputs = torch.cat([words, global_image.unsqueeze(1).expand_as(words)], dim=-1)  # (B*r, T, 2E)
+        hidden, _ = self.rnn(self.dropout(inputs))  # (B*r, T, H)
+        context = self.attend(hidden, regions, keys)  # (B*r, T, H)
+        return self.output(self.dropout(hidden + context))  # (B*r, T, V)
+
+    def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """State (h, c, regions (L, B, H), keys (L, B, E), v_g (1, B, E)): batch on dim 1 for beam search."""
+        regions, keys, global_image = self.image(features)
+        h, c = self.rnn.initial_state(features.size(0), features.device, features.dtype)  # h_0 = c_0 = 0
+        return h, c, regions.transpose(0, 1), keys.transpose(0, 1), global_image.unsqueeze(0)
+
+    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
+        h, c, regions, keys, global_image = state
+        x = torch.cat([self.embedding(tokens), global_image[0]], dim=-1)  # (B, 2E)
+        hidden, (h, c) = self.rnn.step(x, (h, c))  # (B, H)
+        context = self.attend(hidden.unsqueeze(1), regions.transpose(0, 1), keys.transpose(0, 1))[:, 0]  # (B, H)
+        return F.log_softmax(self.output(hidden + context), dim=-1), (h, c, regions, keys, global_image)
+
+
+ATTENTION_QUERIES = {"previous": AttentionDecoder, "current": CurrentStateAttentionDecoder}
+
+
 class Captioner(nn.Module):
     """Encoder + decoder + vocabulary; `forward` trains, `generate` captions."""
 
@@ -137,11 +228,15 @@ class Captioner(nn.Module):
             raise ConfigError(f"model.finetune_blocks={model.finetune_blocks} needs model.freeze_encoder=true "
                               "(without it the whole encoder trains)")
         if model.attention:
-            self.decoder = AttentionDecoder(self.encoder.use_regions(), len(vocab), model.embed_size,
-                                            model.hidden_size, model.num_layers, model.cell, model.dropout)
+            if model.attention_query not in ATTENTION_QUERIES:
+                raise ConfigError(f"model.attention_query: expected one of {', '.join(ATTENTION_QUERIES)}, "
+                                  f"got {model.attention_query!r}")
+            self.decoder = ATTENTION_QUERIES[model.attention_query](
+                self.encoder.use_regions(), len(vocab), model.embed_size, model.hidden_size, model.num_layers,
+                model.cell, model.dropout)
         else:
             self.decoder = Decoder(self.encoder.feature_dim, len(vocab), model.embed_size, model.hidden_size,
-                                   model.num_layers, model.cell, model.dropout)
+                                   model.num_layers, model.cell, model.dropout, model.image_as)
         self.scorer: ImageSentenceScorer | None = None  # attached for reranking only (see generate)
 
     def parameter_groups(self) -> list[dict]:

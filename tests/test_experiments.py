@@ -20,6 +20,15 @@ from captioner.lstm import CELLS, StackedLSTM
 TINY_FLOW = GradientBudget(hidden_size=16, delay=3, flow_length=25, flow_batches=1, batch_size=8)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, which is slow on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_truncated_bptt_carries_state_but_not_gradients(cell):
     torch.manual_seed(0)
@@ -108,14 +117,14 @@ def fake_run(bleu4: float, content: float | None, seconds: list[float]) -> dict:
 
 def test_summary_and_table_arithmetic():
     failed = {"failed": "loss is not finite at step 3", "history": [], "parameters": 1000, "recurrent_parameters": 100}
-    runs = {"rnn": [fake_run(10.0, 0.0, [2.0, 4.0]), fake_run(20.0, 2.0, [6.0]), failed]}
+    runs = {"rnn": [fake_run(10.0, 0.0, [2.0, 4.0]) | {"cpu_seconds": 90.0}, fake_run(20.0, 2.0, [6.0]), failed]}
     (row,) = cells_experiment.summarize(runs)
     assert row["bleu4"]["mean"] == 15.0 and row["bleu4"]["std"] == pytest.approx(math.sqrt(50))
     assert row["content_accuracy"] == {"mean": 1.0, "std": pytest.approx(math.sqrt(2))}
     assert row["epoch_seconds"]["mean"] == pytest.approx(4.5) and row["failed"] == 1
     table = cells_experiment.markdown_table([row])
     assert "| rnn | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 15.0 ± 7.1 | 1.0 ± 1.4 |" in table
-    assert "2 (1 diverged)" in table
+    assert "| 4.5 ± 2.1 | 90 ± 0 | 2 (1 diverged) |" in table
 
 
 def test_cells_command_end_to_end_and_resumes(tmp_path, capsys):

@@ -13,12 +13,20 @@ from captioner.lstm import StackedLSTM
 from test_lstm import SHAPES, _assert_close, _inputs, _reference_forward, _run_and_grad, _run_ours, _run_torch
 
 SHAPE_IDS = ["B{}T{}E{}H{}L{}{}{}".format(*s[:5], "bi" if s[5] else "", "state" if s[6] else "") for s in SHAPES]
-ONEDNN = [pytest.param(True, id="onednn"), pytest.param(False, id="addmm")]
+ONEDNN = [pytest.param(True, id="onednn"), pytest.param(False, id="addmm")]  # for the `onednn` fixture
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def onednn(request, monkeypatch):
+    """Parametrised: True = oneDNN products even at these tiny sizes (its threshold lowered), False = addmm."""
+    monkeypatch.setattr(fast_gemm, "ONEDNN_MIN_MACS", 1)
+    with fast_gemm.use_onednn(request.param):
+        yield request.param
 
 
 @pytest.fixture
@@ -34,7 +42,7 @@ def calls(monkeypatch):
     return counter
 
 
-@pytest.mark.parametrize("onednn", ONEDNN)
+@pytest.mark.parametrize("onednn", ONEDNN, indirect=True)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_fast_path_matches_torch_values_and_every_gradient(shape, onednn, calls):
     B, T, E, H, L, bidirectional, with_state = shape
@@ -42,8 +50,7 @@ def test_fast_path_matches_torch_values_and_every_gradient(shape, onednn, calls)
     ours = StackedLSTM(E, H, L, bidirectional=bidirectional, fast=True)
     ours.load_state_dict(oracle.state_dict())
     x, state = _inputs(B, T, E, H, L, bidirectional, with_state)
-    with fast_gemm.use_onednn(onednn):
-        our_values, our_grads = _run_and_grad(ours, x, state, _run_ours(ours))
+    our_values, our_grads = _run_and_grad(ours, x, state, _run_ours(ours))
     reference_values, reference_grads = _run_and_grad(oracle, x, state, _run_torch(oracle, "lstm"))
     assert calls["fast"] == L * (2 if bidirectional else 1), "the fast path did not run"
     _assert_close(dict(enumerate(our_values)), dict(enumerate(reference_values)), 1e-5, "fast lstm values")
@@ -62,7 +69,7 @@ def test_fast_path_matches_equation_reference_in_float64(shape, calls):
     _assert_close(our_grads, reference_grads, 1e-10, "float64 gradients")
 
 
-@pytest.mark.parametrize("onednn", ONEDNN)
+@pytest.mark.parametrize("onednn", ONEDNN, indirect=True)
 @pytest.mark.parametrize("with_state", [False, True])
 def test_fast_equals_readable_path_at_a_decoder_like_shape(onednn, with_state):
     """Both of our paths on one module, dropout between layers included (same seed, same masks)."""
@@ -72,8 +79,7 @@ def test_fast_equals_readable_path_at_a_decoder_like_shape(onednn, with_state):
     for fast in (True, False):
         module.fast = fast
         torch.manual_seed(5)
-        with fast_gemm.use_onednn(onednn):
-            results[fast] = _run_and_grad(module, x, state, _run_ours(module))
+        results[fast] = _run_and_grad(module, x, state, _run_ours(module))
     _assert_close(dict(enumerate(results[True][0])), dict(enumerate(results[False][0])), 1e-5, "values")
     _assert_close(results[True][1], results[False][1], 1e-5, "gradients")
 
@@ -133,18 +139,20 @@ def test_second_derivative_is_refused_clearly():
         gradient.sum().backward()
 
 
-@pytest.mark.parametrize("onednn", ONEDNN)
-def test_gemm_helpers_match_torch(onednn):
+@pytest.mark.parametrize("onednn", ONEDNN, indirect=True)
+def test_gemm_helpers_match_torch(onednn, monkeypatch):
     x, weight, bias = torch.randn(10, 6), torch.randn(8, 6), torch.randn(8)
     other, d_output = torch.randn(10, 8), torch.randn(10, 8)
-    with fast_gemm.use_onednn(onednn):
-        assert torch.allclose(fast_gemm.linear(x, weight, bias), x @ weight.t() + bias, atol=1e-5)
-        assert torch.allclose(fast_gemm.linear(x, weight), x @ weight.t(), atol=1e-5)
-        assert torch.allclose(fast_gemm.weight_gradient(d_output, x), d_output.t() @ x, atol=1e-5)
-        step = fast_gemm.StepWeight(weight, batch_size=10)
-        assert (step.packed is not None) == (onednn and fast_gemm.ONEDNN_AVAILABLE)
-        assert torch.allclose(step(x, other), x @ weight.t() + other, atol=1e-5)
-        assert torch.allclose(step(x), x @ weight.t(), atol=1e-5)
-        transposed = fast_gemm.StepWeight(weight.t(), batch_size=10)  # a non-contiguous view, as in backward
-        assert torch.allclose(transposed(d_output), d_output @ weight, atol=1e-5)
+    assert torch.allclose(fast_gemm.linear(x, weight, bias), x @ weight.t() + bias, atol=1e-5)
+    assert torch.allclose(fast_gemm.linear(x, weight), x @ weight.t(), atol=1e-5)
+    assert torch.allclose(fast_gemm.weight_gradient(d_output, x), d_output.t() @ x, atol=1e-5)
+    step = fast_gemm.StepWeight(weight, batch_size=10)
+    assert (step.packed is not None) == (onednn and fast_gemm.ONEDNN_AVAILABLE)
+    assert torch.allclose(step(x, other), x @ weight.t() + other, atol=1e-5)
+    assert torch.allclose(step(x), x @ weight.t(), atol=1e-5)
+    transposed = fast_gemm.StepWeight(weight.t(), batch_size=10)  # a non-contiguous view, as in backward
+    assert torch.allclose(transposed(d_output), d_output @ weight, atol=1e-5)
     assert not fast_gemm.onednn_applies(x.double())
+    monkeypatch.undo()  # the real threshold again
+    assert not fast_gemm.onednn_applies(x, macs=1000), "a tiny product should stay with addmm"
+    assert fast_gemm.onednn_applies(x, macs=64 * 2048 * 512) == (onednn and fast_gemm.ONEDNN_AVAILABLE)

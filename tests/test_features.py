@@ -190,14 +190,19 @@ def first_batch(trainer):
     return next(iter(make_loader(dataset, batches, trainer.vocab.pad_id, 0, False)))
 
 
-def test_training_step_on_cached_features_equals_running_the_frozen_encoder(tmp_path):
+@pytest.mark.parametrize("decoder", ["model.attention=false", "model.attention=false model.image_as=initial_state",
+                                     "model.attention=true"])
+def test_training_step_on_cached_features_equals_running_the_frozen_encoder(tmp_path, decoder):
     folder_dataset(tmp_path / "data")
-    cached = make_trainer(tmp_path, "cached")
-    on_the_fly = make_trainer(tmp_path, "pixels", "data.feature_cache=false")
+    cached = make_trainer(tmp_path, "cached", *decoder.split())
+    on_the_fly = make_trainer(tmp_path, "pixels", *decoder.split(), "data.feature_cache=false")
     assert cached.feature_cache is not None and on_the_fly.feature_cache is None
     on_the_fly.model.load_state_dict(cached.model.state_dict())
     features, captions = first_batch(cached)
     pixels, same_captions = first_batch(on_the_fly)
+    cnn = cached.model.encoder.backbone
+    pooled, regions = (4, cnn.feature_dim), (4, 16, cnn.map_channels)  # attention: one feature per 4x4 map cell
+    assert tuple(features.shape) == (regions if cached.config.model.attention else pooled)
     assert torch.equal(captions, same_captions) and pixels.dtype == torch.uint8
     with torch.no_grad():
         torch.testing.assert_close(features, on_the_fly.model.encoder(pixels))  # the features are identical

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -62,7 +63,7 @@ def run_config(base: list[str], cell: str, seed: int, run_dir: Path) -> Config:
 
 def train_one(config: Config, log: Log) -> dict[str, Any]:
     """Train one run (or reuse its finished metrics) -> metrics with "parameters" and "history"."""
-    from captioner.engine import Trainer  # imported here: the rest of this file needs no data or model code
+    from captioner.engine import Trainer  # imported here: the table and plot code need none of the training stack
 
     run_dir = Path(config.run_dir)
     finished = run_dir / "metrics.json"
@@ -75,11 +76,12 @@ def train_one(config: Config, log: Log) -> dict[str, Any]:
     trainer = Trainer(config, log=lambda message: None)
     parameters = {"parameters": sum(p.numel() for p in trainer.model.parameters()),
                   "recurrent_parameters": sum(p.numel() for p in trainer.model.decoder.rnn.parameters())}
+    started = time.process_time()  # CPU seconds: unlike wall time, barely moved by other jobs on a shared machine
     try:
         metrics = trainer.fit()
     except NonFiniteLoss as error:  # a diverged run is a result too: reported, not hidden
         metrics = {"failed": str(error), "history": trainer.history}
-    metrics.update(parameters)
+    metrics.update(parameters, cpu_seconds=round(time.process_time() - started, 1))
     finished.write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -123,6 +125,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             values = [float(result[metric]) for result in finished if result.get(metric) is not None]
             row[metric] = _mean_std(values)
         row["epoch_seconds"] = _mean_std([_epoch_seconds(result) for result in results if result.get("history")])
+        row["cpu_seconds"] = _mean_std([result["cpu_seconds"] for result in results if "cpu_seconds" in result])
         rows.append(row)
     return rows
 
@@ -135,22 +138,24 @@ def _mean_std(values: list[float]) -> dict[str, float] | None:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The README table: one row per cell, `mean ± std` over seeds."""
-    header = ["cell", *COLUMNS, "recurrent params", "all params", "s / epoch", "seeds"]
+    header = ["cell", *COLUMNS, "recurrent params", "all params", "wall s / epoch", "CPU s / run", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["cell"]] + [_format(row[metric]) for metric in METRICS]
-        cells += [f"{row['recurrent_parameters']:,}", f"{row['parameters']:,}", _format(row["epoch_seconds"])]
+        cells += [f"{row['recurrent_parameters']:,}", f"{row['parameters']:,}", _format(row["epoch_seconds"]),
+                  _format(row["cpu_seconds"], digits=0)]
         cells.append(f"{row['seeds'] - row['failed']}" + (f" ({row['failed']} diverged)" if row["failed"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _format(value: dict[str, float] | None) -> str:
-    return "—" if value is None else f"{value['mean']:.1f} ± {value['std']:.1f}"
+def _format(value: dict[str, float] | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
 
 
 def validation_curves(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, list[list[float]]]]:
     """Per cell and metric, one list of per-epoch values per seed, for plotting.plot_cells."""
-    return {cell: {"val_bleu4": [[entry["bleu4"] for entry in result.get("history", [])] for result in results],
-                   "train_loss": [[entry["train_loss"] for entry in result.get("history", [])] for result in results]}
+    keys = {"val_bleu4": "bleu4", "val_colour": "colour", "train_loss": "train_loss"}
+    return {cell: {name: [[entry.get(key) for entry in result.get("history", [])] for result in results]
+                   for name, key in keys.items()}
             for cell, results in runs.items()}

@@ -1,6 +1,7 @@
 """The experiments' figures, drawn with matplotlib's Agg backend (files only, no display needed).
 
-cells.png: validation BLEU-4 and training loss per epoch, one line per cell (mean over seeds, band = ±1 std).
+cells.png: validation BLEU-4, validation colour accuracy and training loss per epoch, one line per cell
+(mean over seeds, band = ±1 std).
 gradients.png: ‖∂L/∂h_t‖ against the distance from the loss on a log scale (at initialisation, with the
 carry-gate bias raised, after training), and gradient clipping at work (norm before and after per update).
 """
@@ -23,12 +24,14 @@ PALETTE_COLOURS = 128  # line plots need few colours; a palette PNG is a third o
 
 
 def plot_cells(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
-    """curves[cell][metric] = one list of per-epoch values per seed; metrics "val_bleu4" and "train_loss"."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    panels = (("val_bleu4", "validation BLEU-4 (greedy)"), ("train_loss", "training loss (last batch of the epoch)"))
+    """curves[cell][metric] = one list of per-epoch values per seed; metrics "val_bleu4", "val_colour", "train_loss"."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = (("val_bleu4", "validation BLEU-4 (greedy)"),
+              ("val_colour", "validation colour accuracy % (does it look at the image?)"),
+              ("train_loss", "training loss (last batch of the epoch)"))
     for axis, (metric, title) in zip(axes, panels):
         for cell, by_metric in curves.items():
-            runs = [run for run in by_metric[metric] if run]
+            runs = [run for run in by_metric[metric] if run and None not in run]
             if not runs:
                 continue
             length = min(len(run) for run in runs)
@@ -38,6 +41,7 @@ def plot_cells(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> N
             axis.plot(epochs, mean, marker="o", color=COLOURS.get(cell), label=f"{cell} ({len(runs)} seeds)")
             axis.fill_between(epochs, mean - std, mean + std, color=COLOURS.get(cell), alpha=0.15)
         axis.set_xlabel("epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

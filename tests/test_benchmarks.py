@@ -1,0 +1,89 @@
+"""The benchmark suite runs from its one command (tiny shapes with --quick), records where its numbers came
+from, measures fairly (alternating turns), and the batched beam search it times gives identical captions."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import common, run
+
+MACHINE_KEYS = {"cpu", "logical_cores", "python", "torch", "threads", "load_average_1min", "omp_wait_policy"}
+
+
+@pytest.fixture
+def one_thread():
+    """--threads 1 changes torch's global setting; give the rest of the session its threads back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(tmp_path, *names, extra=()):
+    output = tmp_path / "results"
+    assert run.main(["--quick", "--threads", "1", "--output", str(output), "--only", *names, *extra]) == 0
+    return output
+
+
+@pytest.mark.parametrize("name", run.BENCHMARKS)
+def test_each_benchmark_runs_quick_and_writes_json(name, tmp_path, one_thread, capsys):
+    output = _run(tmp_path, name)
+    result = json.loads((output / f"{name}.json").read_text())
+    assert result["benchmark"] == name and result["quick"] is True
+    assert MACHINE_KEYS <= set(result["machine"]) and result["machine"]["threads"] == 1
+    summary = json.loads((output / "summary.json").read_text())
+    assert list(summary["results"]) == [name] and summary["machine"]["torch"] == torch.__version__
+    printed = capsys.readouterr().out
+    assert "|---|" in printed, "each benchmark prints a Markdown table"
+
+
+def test_recurrent_measures_every_library_twin_against_its_reference(tmp_path, one_thread):
+    result = json.loads((_run(tmp_path, "recurrent") / "recurrent.json").read_text())
+    assert set(result["timings"]["cpu"]) == {"lstm", "gru", "rnn"}
+    for cell, modes in result["timings"]["cpu"].items():
+        assert set(modes) == {"forward", "train", "decode"}
+        for mode, variants in modes.items():
+            expected = {"ours", "torch", "reference"} if cell == "lstm" else {"ours", "torch"}
+            assert set(variants) == expected, (cell, mode)
+            assert all(v["min"] <= v["median"] and len(v["samples"]) == 2 for v in variants.values())
+    assert set(result["ratios"]["cpu/lstm/train"]) == {"ours", "reference"}
+
+
+def test_decoding_batched_output_is_identical_to_the_per_image_loop(tmp_path, one_thread):
+    result = json.loads((_run(tmp_path, "decoding") / "decoding.json").read_text())
+    keys = {f"{decoder}, beam {beam}" for decoder in ("show-and-tell", "attention") for beam in (1, 3, 5)}
+    assert result["identical"] == {key: True for key in keys}
+    assert set(result["speedup"]) == keys
+
+
+def test_scaling_draws_the_plot(tmp_path, one_thread):
+    plot = tmp_path / "scaling.png"
+    output = _run(tmp_path, "scaling", extra=("--plot", str(plot)))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    exponents = json.loads((output / "scaling.json").read_text())["exponents"]
+    assert set(exponents) == {"batch", "length", "hidden"}
+
+
+def test_measure_alternates_turns_and_reports_min_and_median():
+    calls = []
+    timings = common.measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                              "c": lambda: calls.append("c")}, repeats=3, warmup=0)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"], "each repetition starts with another variant"
+    for result in timings.values():
+        assert len(result["samples"]) == 3 and 0 < result["min"] <= result["median"]
+    fake = {"ours": {"min": 2.0, "median": 3.0}, "torch": {"min": 1.0, "median": 2.0}}
+    assert common.ratio(fake, "ours", "torch") == {"min": 2.0, "median": 1.5}
+    self_timed = common.measure({"x": lambda: 0.25}, repeats=2, warmup=0, self_timed=True)
+    assert self_timed["x"]["min"] == 0.25 and self_timed["x"]["median"] == 0.25
+
+
+def test_table_is_markdown():
+    text = common.table("T", ["a", "b"], [[1, "x"]])
+    assert text.splitlines() == ["**T**", "", "| a | b |", "|---|---|", "| 1 | x |"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_cuda_request_without_gpu_is_refused(tmp_path, capsys):
+    assert run.main(["--device", "cuda", "--output", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
