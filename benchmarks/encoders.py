@@ -11,7 +11,7 @@ import torch
 from benchmarks.common import Settings, measure, milliseconds, table, write_result
 from captioner.encoders import build_encoder
 
-BACKBONES = {"small_cnn": 64, "efficientnet_lite0": 32}  # name -> images per batch
+BACKBONES = {"small_cnn": 64, "efficientnet_lite0": 16}  # name -> images per batch
 QUICK_BATCH = 2
 
 

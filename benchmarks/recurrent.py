@@ -89,7 +89,7 @@ def run(settings: Settings) -> dict:
     ratios = {f"{device}/{cell}/{mode}": {name: ratio(result, name, "torch") for name in result if name != "torch"}
               for device, cells in timings.items() for cell, modes in cells.items() for mode, result in modes.items()}
     headers = ["device", "cell", "mode", "ours ms (min / median)", "torch ms", "ours / torch (min)",
-               "reference ms", "reference / torch", "reference / ours"]
+               "ours / torch (CPU time)", "reference ms", "reference / torch", "reference / ours"]
     print(table(f"StackedLSTM vs torch, B={shape['batch']} T={shape['length']} E={shape['input_size']} "
                 f"H={shape['hidden_size']} L={shape['num_layers']}, decode = {DECODE_STEPS} steps", headers, rows))
     path = write_result(settings, "recurrent", {"shape": shape, "decode_steps": DECODE_STEPS,
@@ -101,7 +101,7 @@ def _row(device: str, cell: str, mode: str, result: dict) -> list[str]:
     ours, library = result["ours"], result["torch"]
     row = [device, cell, mode, f"{milliseconds(ours['min'])} / {milliseconds(ours['median'])}",
            f"{milliseconds(library['min'])} / {milliseconds(library['median'])}",
-           f"{ours['min'] / library['min']:.3f}"]
+           f"{ours['min'] / library['min']:.3f}", f"{ours['cpu_min'] / library['cpu_min']:.3f}"]
     if "reference" in result:
         reference = result["reference"]
         row += [milliseconds(reference["min"]), f"{reference['min'] / library['min']:.3f}",

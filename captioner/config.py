@@ -66,6 +66,7 @@ class ModelConfig:
     attention: bool = False  # soft attention over the encoder's feature map (Show, Attend and Tell)
     attention_query: str = "previous"  # previous: h_{t-1} looks, context into the LSTM (Xu et al. 2015) |
     #   current: h_t looks, context into the output (Lu et al. 2017); no loop over time in training
+    attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size
 
 
 @dataclass

@@ -64,18 +64,21 @@ def weight_gradient(d_output: Tensor, inputs: Tensor) -> Tensor:
 
 
 class StepWeight:
-    """A weight W (O, I) multiplied at every time step as x Wᵀ + other, prepared once per sequence."""
+    """A weight W (O, I), and optionally a bias b (O,), applied at every time step as x Wᵀ + b + other,
+    prepared once per sequence (or, for decoding, once while the weights stay unchanged)."""
 
-    def __init__(self, weight: Tensor, batch_size: int) -> None:
-        self.weight = weight
+    def __init__(self, weight: Tensor, batch_size: int, bias: Optional[Tensor] = None) -> None:
+        self.weight, self.bias = weight, bias
         self.packed = None
         if onednn_applies(weight, batch_size * weight.numel()):  # reordered once into oneDNN's blocked layout
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
 
     def __call__(self, x: Tensor, other: Optional[Tensor] = None) -> Tensor:
-        """x (B, I) @ Wᵀ (+ other (B, O)) -> (B, O), a new tensor."""
-        if self.packed is None:
-            return torch.addmm(other, x, self.weight.t()) if other is not None else x @ self.weight.t()
-        if other is None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, None, "add")
+        """x (B, I) @ Wᵀ (+ b) (+ other (B, O)) -> (B, O), a new tensor."""
+        if self.packed is not None:
+            if other is None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "add")
+        base = other if other is not None else self.bias
+        result = x @ self.weight.t() if base is None else torch.addmm(base, x, self.weight.t())
+        return result.add_(self.bias) if other is not None and self.bias is not None else result

@@ -21,17 +21,19 @@ Backward (δ· = ∂L/∂·; a_* are the pre-activations, σ' = σ(1 − σ), ta
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from captioner import fast_gemm
 
 FAST_DTYPES = (torch.float32, torch.float64)
 FAST_DEVICES = ("cpu", "cuda")
-_ONES: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # the 1 in 1 − x², per device and dtype
+_CONSTANTS: dict[tuple[float, torch.device, torch.dtype], Tensor] = {}  # see _constant
+_DECODING: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()  # module -> joined weights
 
 
 def fast_path_applies(x: Tensor, cell: str) -> bool:
@@ -104,6 +106,28 @@ class LSTMLayerFunction(torch.autograd.Function):
         return d_x, d_weight_ih, d_weight_hh, d_bias, d_bias.clone(), d_h_0, (d_c if wants[6] else None)
 
 
+def decoding_step(owner: nn.Module, layer: int, x: Tensor, h: Tensor, c: Tensor,
+                  weights: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """One step of one layer without autograd (decoding): lstm_cell's equations, ONE GEMM on [x_t; h_{t-1}].
+
+    [W_x | W_h] and b_x + b_h are joined (and packed for oneDNN on CPU) once, then reused for every step
+    while the parameters are unchanged (same storage, same version counter): a whole beam search, all its
+    steps and rows, shares them. x (B, E), h and c (B, H) -> (h_t, c_t)."""
+    B, H = h.shape
+    version = tuple((w.data_ptr(), w._version) for w in weights.values())
+    joined = _DECODING.setdefault(owner, {})
+    if len(joined) > 16:  # many batch sizes seen (e.g. a demo): start afresh rather than grow
+        joined.clear()
+    entry = joined.get((layer, B))
+    if entry is None or entry[0] != version:
+        weight = torch.cat([weights["weight_ih"], weights["weight_hh"]], dim=1)  # (4H, E+H) [W_x | W_h]
+        entry = (version, fast_gemm.StepWeight(weight, B, bias=weights["bias_ih"] + weights["bias_hh"]))
+        joined[(layer, B)] = entry
+    gate = entry[1](torch.cat([x, h], dim=1))  # (B, 4H) A_t = [W_x | W_h] [x_t; h_{t-1}] + b
+    c_t, tanh_c, h_t = h.new_empty(B, H), h.new_empty(B, H), h.new_empty(B, H)
+    return _cell_step(gate, c, c_t, tanh_c, h_t), c_t
+
+
 def _recurrent_weight_gradient(d_gates: Tensor, h_0: Optional[Tensor], hidden: Tensor) -> Tensor:
     """δW_h = Σ_t δA_tᵀ h_{t-1} as one GEMM; with a zero initial state the t = 1 term vanishes."""
     T, B, H = hidden.shape
@@ -117,14 +141,16 @@ def _cell_step(gate: Tensor, c_prev: Tensor, c_out: Tensor, tanh_out: Tensor, h_
     """lstm_cell's equations in place on the (B, 4H) pre-activations; writes c_t, tanh(c_t), h_t.
 
     tanh(z) is computed as 2σ(2z) − 1 (the same function): torch's CPU tanh is scalar code, its sigmoid is
-    vectorised, so one sigmoid over all four gates and two for tanh are about 3x cheaper."""
+    vectorised, so one sigmoid over all four gates and one more for tanh(c_t) are about 3x cheaper."""
     H = c_prev.shape[1]
+    minus_one = _constant(-1.0, gate)
     gate[:, 2 * H : 3 * H].mul_(2)  # the g block becomes 2 a_g, so that σ below gives σ(2 a_g)
     gate.sigmoid_()  # i_t, f_t, o_t = σ(a_i), σ(a_f), σ(a_o), all gates in one op
     i, f, g, o = gate.chunk(4, dim=1)  # 4 x (B, H) views
-    g.mul_(2).sub_(1)  # g_t = tanh(a_g) = 2σ(2 a_g) − 1
+    torch.addcmul(minus_one, g, _constant(2.0, g), out=g)  # g_t = tanh(a_g) = 2σ(2 a_g) − 1
     c = torch.mul(f, c_prev, out=c_out).addcmul_(i, g)  # c_t = f ⊙ c_{t-1} + i ⊙ g
-    tanh_c = torch.mul(c, 2, out=tanh_out).sigmoid_().mul_(2).sub_(1)  # tanh(c_t) = 2σ(2 c_t) − 1
+    s_c = torch.mul(c, 2, out=tanh_out).sigmoid_()  # σ(2 c_t)
+    tanh_c = torch.addcmul(minus_one, s_c, _constant(2.0, s_c), out=tanh_out)  # tanh(c_t) = 2σ(2 c_t) − 1
     return torch.mul(o, tanh_c, out=h_out)  # h_t = o ⊙ tanh(c_t)
 
 
@@ -135,7 +161,7 @@ def _gate_gradients(d_gate: Tensor, d_h: Tensor, d_c: Tensor, gate: Tensor, c_pr
     Few passes over memory: σ' = σ(1 − σ) of all four gates is one op on the (B, 4H) tile (then the g block
     is overwritten with tanh' = 1 − g²), and δc_t multiplies the i, f, g blocks in one broadcast op."""
     B, H = d_h.shape
-    one = _one(d_h)
+    one = _constant(1.0, d_h)
     torch.addcmul(gate, gate, gate, value=-1, out=d_gate)  # (B, 4H) σ(1 − σ): i', f', ·, o'
     i, f, g, o = gate.chunk(4, dim=1)  # 4 x (B, H) activations saved by the forward pass
     d_i, d_f, d_g, d_o = d_gate.chunk(4, dim=1)  # 4 x (B, H) views, turned into δa_* below
@@ -149,9 +175,10 @@ def _gate_gradients(d_gate: Tensor, d_h: Tensor, d_c: Tensor, gate: Tensor, c_pr
     d_c.mul_(f)  # carried to step t-1: δc_t ⊙ f_t
 
 
-def _one(like: Tensor) -> Tensor:
-    """A cached 1-element tensor of ones on like's device and dtype: addcmul(1, x, x, value=-1) = 1 − x²."""
-    key = (like.device, like.dtype)
-    if key not in _ONES:
-        _ONES[key] = torch.ones(1, device=like.device, dtype=like.dtype)
-    return _ONES[key]
+def _constant(value: float, like: Tensor) -> Tensor:
+    """A cached 1-element tensor holding `value` on like's device and dtype, for addcmul's broadcast input:
+    addcmul(1, x, x, value=-1) = 1 − x², addcmul(−1, s, 2) = 2s − 1 (one op instead of two)."""
+    key = (value, like.device, like.dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.full((1,), value, device=like.device, dtype=like.dtype)
+    return _CONSTANTS[key]

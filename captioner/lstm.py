@@ -253,13 +253,19 @@ class StackedLSTM(nn.Module):
             raise ValueError(f"StackedLSTM.step: x_t must be (B, input_size={self.input_size}), "
                              f"got shape {tuple(x_t.shape)}")
         h_0, c_0 = self._check_state(state, x_t.shape[0], x_t, "step")
+        fast_decoding = (self.fast and not record and not torch.is_grad_enabled()
+                         and fast_lstm.fast_path_applies(x_t, self.cell))
         layer_input, h_n, c_n, records = x_t, [], [], []
         for layer in range(self.num_layers):
             if layer > 0:
                 layer_input = F.dropout(layer_input, self.dropout, self.training)
             weights = self._weights(layer, 0)
-            x_gates = self._input_gates(layer_input, weights)  # (B, G*H)
-            h, c, activations = self.cell_function(x_gates, h_0[layer], c_0[layer], weights, record)
+            if fast_decoding:  # no autograd, no record: fast_lstm's step, one GEMM on cached joined weights
+                h, c = fast_lstm.decoding_step(self, layer, layer_input, h_0[layer], c_0[layer], weights)
+                activations = None
+            else:
+                x_gates = self._input_gates(layer_input, weights)  # (B, G*H)
+                h, c, activations = self.cell_function(x_gates, h_0[layer], c_0[layer], weights, record)
             h_n.append(h)
             c_n.append(c)
             records.append(activations)

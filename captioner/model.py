@@ -99,15 +99,16 @@ class AttentionDecoder(nn.Module):
     """
 
     def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
-                 num_layers: int, cell: str, dropout: float) -> None:
+                 num_layers: int, cell: str, dropout: float, attention_size: int = 0) -> None:
         super().__init__()
+        A = attention_size or embed_size
         self.num_layers, self.hidden_size = num_layers, hidden_size
         self.region_projection = nn.Linear(region_dim, embed_size)
         self.init_h = nn.Linear(embed_size, num_layers * hidden_size)
         self.init_c = nn.Linear(embed_size, num_layers * hidden_size)
-        self.region_keys = nn.Linear(embed_size, embed_size)  # W_a
-        self.state_query = nn.Linear(hidden_size, embed_size)  # W_h
-        self.score = nn.Linear(embed_size, 1)  # w
+        self.region_keys = nn.Linear(embed_size, A)  # W_a
+        self.state_query = nn.Linear(hidden_size, A)  # W_h
+        self.score = nn.Linear(A, 1)  # w
         self.context_gate = nn.Linear(hidden_size, embed_size)  # W_β
         self.embedding = nn.Embedding(vocab_size, embed_size)
         self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
@@ -162,27 +163,28 @@ class CurrentStateAttentionDecoder(nn.Module):
     """
 
     def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
-                 num_layers: int, cell: str, dropout: float) -> None:
+                 num_layers: int, cell: str, dropout: float, attention_size: int = 0) -> None:
         super().__init__()
+        A = attention_size or embed_size  # the (B, T, L, A) tanh is most of this decoder's cost
         self.region_projection = nn.Linear(region_dim, hidden_size)  # W_v
         self.global_projection = nn.Linear(region_dim, embed_size)  # W_g
-        self.region_keys = nn.Linear(hidden_size, embed_size)  # W_k
-        self.state_query = nn.Linear(hidden_size, embed_size)  # W_q
-        self.score = nn.Linear(embed_size, 1)  # w
+        self.region_keys = nn.Linear(hidden_size, A)  # W_k
+        self.state_query = nn.Linear(hidden_size, A)  # W_q
+        self.score = nn.Linear(A, 1)  # w
         self.embedding = nn.Embedding(vocab_size, embed_size)
         self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden_size, vocab_size)
 
     def image(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """features (B, L, D) -> regions V (B, L, H), their keys W_k V (B, L, E), v_g (B, E)."""
+        """features (B, L, D) -> regions V (B, L, H), their keys W_k V (B, L, A), v_g (B, E)."""
         regions = self.region_projection(features)  # (B, L, H)
         global_image = F.relu(self.global_projection(features.mean(dim=1)))  # (B, E) v_g = ReLU(W_g ā)
         return regions, self.region_keys(regions), global_image
 
     def attend(self, hidden: torch.Tensor, regions: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """hidden (B, T, H), regions (B, L, H), keys (B, L, E) -> context (B, T, H)."""
-        query = self.state_query(hidden).unsqueeze(2)  # (B, T, 1, E) W_q h_t
+        """hidden (B, T, H), regions (B, L, H), keys (B, L, A) -> context (B, T, H)."""
+        query = self.state_query(hidden).unsqueeze(2)  # (B, T, 1, A) W_q h_t
         e = self.score(torch.tanh(keys.unsqueeze(1) + query)).squeeze(-1)  # (B, T, L) e_t
         alpha = torch.softmax(e, dim=-1)  # (B, T, L) α_t
         return alpha @ regions  # (B, T, H) c_t = Σ_i α_ti V_i
@@ -197,7 +199,7 @@ class CurrentStateAttentionDecoder(nn.Module):
         return self.output(self.dropout(hidden + context))  # (B*r, T, V)
 
     def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """State (h, c, regions (L, B, H), keys (L, B, E), v_g (1, B, E)): batch on dim 1 for beam search."""
+        """State (h, c, regions (L, B, H), keys (L, B, A), v_g (1, B, E)): batch on dim 1 for beam search."""
         regions, keys, global_image = self.image(features)
         h, c = self.rnn.initial_state(features.size(0), features.device, features.dtype)  # h_0 = c_0 = 0
         return h, c, regions.transpose(0, 1), keys.transpose(0, 1), global_image.unsqueeze(0)
@@ -233,7 +235,7 @@ class Captioner(nn.Module):
                                   f"got {model.attention_query!r}")
             self.decoder = ATTENTION_QUERIES[model.attention_query](
                 self.encoder.use_regions(), len(vocab), model.embed_size, model.hidden_size, model.num_layers,
-                model.cell, model.dropout)
+                model.cell, model.dropout, model.attention_size)
         else:
             self.decoder = Decoder(self.encoder.feature_dim, len(vocab), model.embed_size, model.hidden_size,
                                    model.num_layers, model.cell, model.dropout, model.image_as)

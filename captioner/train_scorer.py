@@ -7,7 +7,8 @@ retrieval R@1/5/10 both ways next to chance, and BLEU-1..4 of the captioner's be
 The scorer reads the features of the captioner it will rerank for: its encoder (frozen, eval mode) and its
 vocabulary come from `scorer.captioner_checkpoint`, so reranking compares exactly the features `generate()` has.
 Every image is encoded once; an epoch visits each training image once, with one of its captions drawn at random.
-Writes <run_dir>/scorer.pt (best epoch by validation R@1+R@5+R@10), scorer_metrics.json and config.yaml.
+Writes <run_dir>/scorer.pt (the epoch with the best validation R@1+R@5+R@10 sum; the last epoch when the
+validation split is also the one reported, as on the Flickr8k sample), scorer_metrics.json and config.yaml.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from captioner.batches import preprocess_file
 from captioner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from captioner.config import ConfigError, DataConfig, _build, _parse_override, _read_yaml, _set_dotted
 from captioner.data import load_dataset
-from captioner.data.records import DatasetFormatError, ImageRecord
+from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
 from captioner.encoders import Encoder, EncoderError, build_encoder
 from captioner.features import FeatureCache
 from captioner.metrics import bleu_scores
@@ -45,7 +46,7 @@ class ScorerModelConfig:
     backbone: str = "small_cnn"  # encoder when captioner_checkpoint is "" (no reranking then)
     pretrained: bool = False  # ImageNet weights for that backbone
     embed_size: int = 128  # word embedding size E
-    hidden_size: int = 256  # state size H of each direction
+    hidden_size: int = 128  # state size H of each direction
     num_layers: int = 1  # bidirectional layers
     cell: str = "lstm"  # rnn | lstm | peephole | coupled | gru
     joint_size: int = 256  # size J of the shared image–sentence space
@@ -96,6 +97,8 @@ def load_scorer_config(path: str | Path | None, overrides: Sequence[str] = ()) -
     config = _build(ScorerConfig, values, prefix="")
     if config.task != "scorer":
         raise ConfigError(f"task: expected 'scorer' in a scorer config, got {config.task!r}")
+    if config.eval.split not in SPLITS:
+        raise ConfigError(f"eval.split: expected one of {', '.join(SPLITS)}, got {config.eval.split!r}")
     return config
 
 
@@ -210,8 +213,28 @@ def build_parts(config: ScorerConfig, splits: dict[str, list[ImageRecord]], devi
     return None, encoder, vocab
 
 
+def train_epochs(scorer: ImageSentenceScorer, features: dict[str, torch.Tensor], captions: dict[str, list],
+                 config: ScorerTrainConfig, val_split: str, select: bool, log: Callable) -> tuple[int, list[dict]]:
+    """Every epoch, with validation R@K after each; with `select` the epoch of the best R@1+R@5+R@10 sum
+    is restored, else the last one is kept. Returns (kept epoch, history)."""
+    optimizer = torch.optim.Adam(scorer.parameters(), lr=config.learning_rate)
+    chooser, best, history = random.Random(config.seed), None, []
+    for epoch in range(1, config.epochs + 1):
+        hardest = config.hardest_negatives and epoch > config.warmup_epochs
+        loss = train_epoch(scorer, optimizer, features["train"], captions["train"], config, chooser, hardest)
+        val = retrieval_metrics(scorer, features[val_split], captions[val_split])
+        history.append({"epoch": epoch, "loss": round(loss, 4), **{k: round(v, 2) for k, v in val.items()}})
+        log(json.dumps(history[-1]))
+        if select and (best is None or val["rsum"] > best[0]):
+            best = (val["rsum"], {k: v.detach().clone() for k, v in scorer.state_dict().items()}, epoch)
+    if best is None:
+        return config.epochs, history
+    scorer.load_state_dict(best[1])
+    return best[2], history
+
+
 def fit(config: ScorerConfig, log: Callable = print) -> dict[str, Any]:
-    """Train, keep the best epoch by validation rsum, then measure on the eval split."""
+    """Train (keeping the best validation epoch when val is held out), then measure on the eval split."""
     run_dir = prepare_run_dir(Path(config.run_dir))
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device, config.train.threads)
@@ -229,18 +252,10 @@ def fit(config: ScorerConfig, log: Callable = print) -> dict[str, Any]:
     settings = ScorerSettings(features["train"].shape[-1], model.embed_size, model.hidden_size, model.num_layers,
                               model.cell, model.joint_size, model.pooling, model.dropout)
     scorer = ImageSentenceScorer(vocab, settings).to(device)
-    optimizer = torch.optim.Adam(scorer.parameters(), lr=config.train.learning_rate)
-    chooser, best, history = random.Random(config.train.seed), None, []
-    for epoch in range(1, config.train.epochs + 1):
-        hardest = config.train.hardest_negatives and epoch > config.train.warmup_epochs
-        loss = train_epoch(scorer, optimizer, features["train"], captions["train"], config.train, chooser, hardest)
-        val = retrieval_metrics(scorer, features[val_split], captions[val_split])
-        history.append({"epoch": epoch, "loss": round(loss, 4), **{k: round(v, 2) for k, v in val.items()}})
-        log(json.dumps(history[-1]))
-        if best is None or val["rsum"] > best[0]:
-            best = (val["rsum"], {k: v.detach().clone() for k, v in scorer.state_dict().items()}, epoch)
-    scorer.load_state_dict(best[1])
-    metrics: dict[str, Any] = {"split": eval_split, "best_epoch": best[2], "history": history,
+    select = val_split != eval_split  # never pick an epoch on the split the results are reported on
+    kept_epoch, history = train_epochs(scorer, features, captions, config.train, val_split, select, log)
+    metrics: dict[str, Any] = {"split": eval_split, "kept_epoch": kept_epoch,
+                               "selected_on": val_split if select else None, "history": history,
                                "retrieval": retrieval_metrics(scorer, features[eval_split], captions[eval_split])}
     if captioner is not None:
         metrics["rerank"] = measure_rerank(captioner, scorer, features, splits, val_split, eval_split, config.eval)

@@ -72,8 +72,8 @@ def test_measure_alternates_turns_and_reports_min_and_median():
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"], "each repetition starts with another variant"
     for result in timings.values():
         assert len(result["samples"]) == 3 and 0 < result["min"] <= result["median"]
-    fake = {"ours": {"min": 2.0, "median": 3.0}, "torch": {"min": 1.0, "median": 2.0}}
-    assert common.ratio(fake, "ours", "torch") == {"min": 2.0, "median": 1.5}
+    fake = {"ours": {"min": 2.0, "median": 3.0, "cpu_min": 4.0}, "torch": {"min": 1.0, "median": 2.0, "cpu_min": 1.0}}
+    assert common.ratio(fake, "ours", "torch") == {"min": 2.0, "median": 1.5, "cpu": 4.0}
     self_timed = common.measure({"x": lambda: 0.25}, repeats=2, warmup=0, self_timed=True)
     assert self_timed["x"]["min"] == 0.25 and self_timed["x"]["median"] == 0.25
 

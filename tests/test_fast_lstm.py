@@ -156,3 +156,32 @@ def test_gemm_helpers_match_torch(onednn, monkeypatch):
     monkeypatch.undo()  # the real threshold again
     assert not fast_gemm.onednn_applies(x, macs=1000), "a tiny product should stay with addmm"
     assert fast_gemm.onednn_applies(x, macs=64 * 2048 * 512) == (onednn and fast_gemm.ONEDNN_AVAILABLE)
+
+
+@pytest.mark.parametrize("onednn", ONEDNN, indirect=True)
+def test_decoding_step_matches_readable_step_and_follows_weight_changes(onednn):
+    module = StackedLSTM(6, 8, 2)
+    reference = StackedLSTM(6, 8, 2, fast=False)
+    reference.load_state_dict(module.state_dict())
+    x_t, state = torch.randn(5, 6), (torch.randn(2, 5, 8), torch.randn(2, 5, 8))
+    for _ in range(2):  # the second round changes the weights: the cached joined weights must follow
+        with torch.no_grad():
+            top, (h, c) = module.step(x_t, state)
+            expected_top, (expected_h, expected_c) = reference.step(x_t, state)
+            assert fast_lstm._DECODING.get(module), "decoding did not take the fast step"
+            for ours, theirs in ((top, expected_top), (h, expected_h), (c, expected_c)):
+                assert (ours - theirs).abs().max() <= 1e-5
+            for parameter, twin in zip(module.parameters(), reference.parameters()):
+                parameter.add_(0.1)  # as an optimizer step would, in place
+                twin.add_(0.1)
+
+
+def test_step_with_gradients_or_records_keeps_the_readable_cell():
+    module = StackedLSTM(6, 8, 1)
+    x_t = torch.randn(3, 6, requires_grad=True)
+    top, _ = module.step(x_t, None)  # training through step (the attention decoder): autograd must see it
+    top.sum().backward()
+    assert x_t.grad is not None and module not in fast_lstm._DECODING
+    with torch.no_grad():
+        _, _, records = module.step(x_t, None, record=True)
+    assert set(records[0]) == set("ifgoch") and module not in fast_lstm._DECODING

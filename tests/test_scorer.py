@@ -252,6 +252,8 @@ def test_scorer_config_loads_and_refuses_unknown_keys(tmp_path):
         load_scorer_config(REPO / "configs/scorer.yaml", ["scorer.hidden=3"])
     with pytest.raises(ConfigError, match="task: expected 'scorer'"):
         load_scorer_config(REPO / "configs/scorer.yaml", ["task=caption"])
+    with pytest.raises(ConfigError, match="eval.split: expected one of train, val, test, got 'dev'"):
+        load_scorer_config(REPO / "configs/scorer.yaml", ["eval.split=dev"])
 
 
 def test_train_py_trains_a_scorer_end_to_end(tiny_run, tmp_path):

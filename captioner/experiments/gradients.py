@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,8 @@ def _rounded(values: Tensor) -> list[float]:
     return [float(f"{value:.4g}") for value in values.tolist()]
 
 
-def run_gradients(budget: GradientBudget, cells: tuple[str, ...] = CELL_TYPES, log=print) -> dict[str, Any]:
+def run_gradients(budget: GradientBudget, cells: tuple[str, ...] = CELL_TYPES,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every cell; -> {"budget": ..., "cells": [per-cell results]}."""
     results = []
     for cell in cells:
