@@ -137,6 +137,15 @@ def shard_batches(batches: Sequence[Item], cluster: Cluster) -> list[Item]:
     return padded[cluster.rank :: W]
 
 
+def sync_buffers(model: nn.Module, cluster: Cluster) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them at the start
+    of each forward, so after the last training step the ranks' copies differ; validation on every rank
+    must use the statistics that rank 0 saves, or its BLEU would not be the checkpoint's."""
+    if cluster.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def any_rank(flag: bool, cluster: Cluster) -> bool:
     """True when `flag` is true on some rank, so that all ranks take the same branch (stop, error)."""
     if not cluster.enabled:

@@ -178,6 +178,7 @@ class Trainer:
     def end_epoch(self) -> None:
         """Validate with free-running generation, then save last.pt and, if improved, best.pt."""
         ev = self.config.eval
+        distributed.sync_buffers(self.model, self.cluster)
         metrics, captions = evaluate(self.evaluated_model(), self.validation_records(), "val", ev.val_beam_size,
                                      ev.max_length, ev.batch_size, self.val_inputs, self.cluster)
         self.progress["epoch"] += 1

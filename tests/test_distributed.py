@@ -230,7 +230,8 @@ def tiny_captioner() -> tuple[Captioner, torch.Tensor, torch.Tensor]:
     """A small decoder, image features (B, F) and captions (B*C, L); the encoder under bf16 is covered by
     test_trainer_steps_in_bf16_when_asked."""
     torch.manual_seed(0)
-    config = load_config(CONFIG, ["model.embed_size=32", "model.hidden_size=48", "model.dropout=0"])
+    config = load_config(CONFIG, ["model.embed_size=32", "model.hidden_size=48", "model.dropout=0",
+                                  "model.attention=false"])  # pooled features (B, F): the plain decoder
     vocab = Vocabulary.build(["a red circle above a blue square", "two green triangles left of a star"], 1)
     model = Captioner(config, vocab)
     features = torch.randn(4, model.encoder.feature_dim)  # (B, F)
