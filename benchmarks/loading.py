@@ -51,11 +51,12 @@ def run(settings: Settings) -> dict:
                     "loader only, image bank, 0 workers": lambda: _epoch(banked, batches, vocab.pad_id, 0, None)}
         timings = measure(variants, max(2, settings.repeats // 2), self_timed=True)  # each sample is an epoch
     base = timings["in-memory batches"]["min"]
+    with_steps = {name: result for name, result in timings.items() if not name.startswith("loader only")}
     rows = [[name, f"{milliseconds(result['min'])} / {milliseconds(result['median'])}",
-             "" if name.startswith("loader only") else f"{result['min'] / base:.2f}"] for name, result in timings.items()]
+             f"{result['min'] / base:.2f}" if name in with_steps else ""] for name, result in timings.items()]
     print(table(f"Step time with data loading, {B} images x {C} captions, small_cnn (64 px JPEG)",
                 ["path", "ms per step (min / median)", "vs in-memory"], rows))
-    ratios = {name: round(result["min"] / base, 3) for name, result in timings.items() if not name.startswith("loader only")}
+    ratios = {name: round(result["min"] / base, 3) for name, result in with_steps.items()}
     path = write_result(settings, "loading", {"batch": B, "captions_per_image": C, "batches_per_epoch": len(batches),
                                               "timings": timings, "ratios_vs_in_memory": ratios})
     return {"path": str(path), "ratios": ratios}

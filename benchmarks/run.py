@@ -3,6 +3,7 @@
     python -m benchmarks                          # everything, CPU (and CUDA if present), ~3-5 min on 2 cores
     python -m benchmarks --only recurrent decoding --repeats 11
     python benchmarks/run.py --quick              # tiny shapes, 2 repeats: a smoke test (seconds)
+    python -m benchmarks --device cuda --only recurrent   # StackedLSTM against cuDNN on a GPU
 
 Each benchmark prints a Markdown table and writes <output>/<name>.json with the machine (CPU model, cores,
 load), the versions (python, torch) and the thread count; summary.json lists them all with the wall time.
@@ -35,7 +36,7 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="folder for the JSON results")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS),
                         help="run only these benchmarks")
@@ -44,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's numbers use 2)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 repeats: checks that it all runs")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto = CPU, plus CUDA when a GPU is visible")
+                        help="devices for the recurrent benchmark (the others measure the CPU): auto = CPU, "
+                             "plus CUDA when a GPU is visible")
     parser.add_argument("--plot", type=Path, default=None,
                         help="scaling: also draw the cost-growth plot into this PNG (e.g. docs/lstm_scaling.png)")
     return parser.parse_args(argv)

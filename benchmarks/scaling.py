@@ -69,7 +69,7 @@ def draw(results: dict, base: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     figure, panels = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), dpi=110)
     for panel, (axis, points) in zip(panels, results.items()):
@@ -80,6 +80,7 @@ def draw(results: dict, base: dict, path: Path) -> None:
         panel.set_xscale("log", base=2)
         panel.set_yscale("log")
         panel.set_xticks(values, [str(v) for v in values])
+        panel.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 100, 200, 500, 1000 ms ...
         panel.yaxis.set_major_formatter(ScalarFormatter())  # plain milliseconds, not 10^k labels
         panel.yaxis.set_minor_formatter(NullFormatter())
         panel.set_xlabel(axis)

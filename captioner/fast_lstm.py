@@ -6,7 +6,8 @@ recurrent weight gradient with one small GEMM per step. Written out, the backwar
 GEMM per step (δh_{t-1} = δA_t W_h, the only truly sequential work) plus a few pointwise ops on (B, H)
 tiles, and every weight gradient is ONE large GEMM over all T*B rows after the loop. The forward pass
 writes into preallocated buffers, in place. The readable `lstm_cell` stays the reference: this file must
-match it to 1e-5 (tests/test_fast_lstm.py runs the same oracles on both paths).
+match it to 1e-5 (tests/test_fast_lstm.py runs the same oracles on both paths). `decoding_step` is the
+same cell for one step without autograd (greedy and beam search), with [W_x | W_h] joined and cached.
 
 Forward, one layer (Hochreiter & Schmidhuber 1997 with a forget gate; gate order i, f, g, o as nn.LSTM):
     A_t = W_x x_t + b_x + b_h + W_h h_{t-1}       (the W_x x_t part for all t in one GEMM)

@@ -37,7 +37,7 @@ from captioner.scorer import (ImageSentenceScorer, ScorerSettings, ranking_loss,
 from captioner.vocab import Vocabulary, tokenize
 
 DEFAULT_CONFIG = "configs/scorer.yaml"
-RERANK_SWEEP = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # weights tried on the validation split when tuning
+RERANK_SWEEP = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # weights tried on the validation split when tuning
 
 
 @dataclass

@@ -88,10 +88,11 @@ def test_fast_equals_readable_path_at_a_decoder_like_shape(onednn, with_state):
 def test_layer_function_passes_gradcheck(with_state):
     T, B, E, H = 4, 3, 5, 4
     x = torch.randn(T, B, E, dtype=torch.float64, requires_grad=True)
-    weights = [torch.randn(shape, dtype=torch.float64, requires_grad=True) * 0.5
+    weights = [(torch.randn(shape, dtype=torch.float64) * 0.5).requires_grad_()
                for shape in [(4 * H, E), (4 * H, H), (4 * H,), (4 * H,)]]
-    weights = [w.detach().requires_grad_() for w in weights]
-    state = [torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(2)] if with_state else [None, None]
+    state = [None, None]
+    if with_state:
+        state = [torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(2)]
 
     def run(*inputs):
         return fast_lstm.LSTMLayerFunction.apply(*inputs)
