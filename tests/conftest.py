@@ -22,6 +22,16 @@ def tiny_overrides(data_root: Path, run_dir: Path) -> list[str]:
             "train.threads=1", "eval.beam_size=2"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny tensors: a second thread only adds synchronisation,
+    which makes them ~10x slower on a busy 2-core machine. Use with pytest.mark.usefixtures."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """Run train.py end to end on a tiny config; return the run directory."""

@@ -20,13 +20,7 @@ from captioner.lstm import CELLS, StackedLSTM
 TINY_FLOW = GradientBudget(hidden_size=16, delay=3, flow_length=25, flow_batches=1, batch_size=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which is slow on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
