@@ -78,6 +78,7 @@ class Encoder(nn.Module):
         self.blocks: list[nn.Module] = _blocks(backbone)  # plain list: not registered twice in the state dict
         self.frozen = False  # set by freeze()
         self.spatial = False  # set by use_regions(): forward returns one feature per image region
+        self.num_regions = 0  # h * w of that map, set by use_regions()
         self.trainable_blocks: list[nn.Module] = []  # with frozen, the blocks that still train
 
     def freeze(self, trainable_blocks: int = 0) -> None:
@@ -119,7 +120,18 @@ class Encoder(nn.Module):
             raise EncoderError(f"model.attention=true: {self.name} gives no feature map here; "
                                "use model.backbone=efficientnet_lite0 (or small_cnn)")
         self.spatial = True
+        self.num_regions = self._count_regions(source)
         return source.map_channels
+
+    @torch.no_grad()
+    def _count_regions(self, source: nn.Module) -> int:
+        """h * w of the map for this backbone's input size, from one probe image in eval mode
+        (a train-mode probe would move BatchNorm's running statistics)."""
+        was_training, side = source.training, self.preprocessing.image_size
+        source.eval()
+        feature_map = source.feature_map(torch.zeros(1, 3, side, side, dtype=self.mean.dtype))  # (1, C, h, w)
+        source.train(was_training)
+        return feature_map.shape[2] * feature_map.shape[3]
 
     def _map_source(self) -> nn.Module | None:
         source = self.backbone[0] if isinstance(self.backbone, nn.Sequential) else self.backbone

@@ -1,6 +1,6 @@
 """The captioner: CNN encoder -> image embedding -> explicit stacked LSTM -> word logits.
 
-Show and Tell (Vinyals et al. 2015): the projected image feature is the recurrent network's input at
+Show and Tell (Vinyals et al. 2015; attention decoders: attention.py): the projected image feature is the recurrent network's input at
 step -1, from h_0 = c_0 = 0; then <start> and the caption's words follow.
 
     inputs   x_-1 = W_I CNN(I)   x_0 = W_e <start>   x_1 = W_e w_1   ...   x_T-1 = W_e w_T-1
@@ -13,25 +13,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from captioner.attention import ATTENTION_QUERIES, initial_state
 from captioner.config import Config, ConfigError
 from captioner.decoding import Generation, beam_search, sample
 from captioner.encoders import Encoder, build_encoder
-from captioner.lstm import StackedLSTM
+from captioner.lstm import State, StackedLSTM
 from captioner.scorer import ImageSentenceScorer, rerank_generations
 from captioner.vocab import Vocabulary
 
-State = tuple[torch.Tensor, torch.Tensor]
-
-
 IMAGE_INPUTS = ("first_input", "initial_state")  # where Decoder feeds the image (model.image_as)
-
-
-def initial_state(init_h: nn.Linear, init_c: nn.Linear, image: torch.Tensor, num_layers: int) -> State:
-    """h_0 = tanh(W_h v), c_0 = tanh(W_c v) for every layer, from an image vector v (B, D) -> (layers, B, H) each."""
-    B = image.size(0)
-    h = torch.tanh(init_h(image)).view(B, num_layers, -1).transpose(0, 1)  # (layers, B, H) h_0 = tanh(W_h v)
-    c = torch.tanh(init_c(image)).view(B, num_layers, -1).transpose(0, 1)  # (layers, B, H) c_0 = tanh(W_c v)
-    return h.contiguous(), c.contiguous()
 
 
 class Decoder(nn.Module):
@@ -82,139 +72,6 @@ class Decoder(nn.Module):
         return F.log_softmax(self.output(hidden), dim=-1), state
 
 
-class AttentionDecoder(nn.Module):
-    """Show, Attend and Tell (Xu et al. 2015), deterministic soft attention, around the same StackedLSTM.
-
-    The image is L region vectors a_i (the encoder's h x w map, projected to E). Before every word the
-    decoder looks at them through its previous top-layer state (section 3.1.2, eqs. 4-6, 13):
-
-        h_0, c_0 = tanh(W_init,h ā), tanh(W_init,c ā)       ā = mean_i a_i
-        e_ti = w^T tanh(W_a a_i + W_h h_{t-1})               relevance of region i
-        α_t  = softmax_i(e_t)                                where to look
-        z_t  = σ(W_β h_{t-1}) ⊙ Σ_i α_ti a_i                 gated context vector
-        h_t  = StackedLSTM([E y_{t-1}; z_t], h_{t-1})        p(y_t) = softmax(W_o h_t)
-
-    The state carries the regions and their keys W_a a_i, batch on dim 1 like (h, c), so beam search
-    reorders and repeats them like any other state tensor.
-    """
-
-    def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
-                 num_layers: int, cell: str, dropout: float, attention_size: int = 0) -> None:
-        super().__init__()
-        A = attention_size or embed_size
-        self.num_layers, self.hidden_size = num_layers, hidden_size
-        self.region_projection = nn.Linear(region_dim, embed_size)
-        self.init_h = nn.Linear(embed_size, num_layers * hidden_size)
-        self.init_c = nn.Linear(embed_size, num_layers * hidden_size)
-        self.region_keys = nn.Linear(embed_size, A)  # W_a
-        self.state_query = nn.Linear(hidden_size, A)  # W_h
-        self.score = nn.Linear(A, 1)  # w
-        self.context_gate = nn.Linear(hidden_size, embed_size)  # W_β
-        self.embedding = nn.Embedding(vocab_size, embed_size)
-        self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
-        self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(hidden_size, vocab_size)
-
-    def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """features (B, L, D) -> state (h, c, regions (L, B, E), keys (L, B, E)); h and c (layers, B, H)."""
-        regions = self.region_projection(features)  # (B, L, E)
-        h, c = initial_state(self.init_h, self.init_c, regions.mean(dim=1), self.num_layers)  # from ā = mean_i a_i
-        keys = self.region_keys(regions)  # (B, L, E) W_a a_i, computed once per image
-        return h, c, regions.transpose(0, 1), keys.transpose(0, 1)
-
-    def advance(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
-        """One word: tokens (B,) -> logits (B, V) and the new state."""
-        h, c, regions, keys = state
-        query = self.state_query(h[-1])  # (B, E) W_h h_{t-1}
-        e = self.score(torch.tanh(keys + query)).squeeze(-1)  # (L, B) e_ti = w^T tanh(W_a a_i + W_h h_{t-1})
-        alpha = torch.softmax(e, dim=0)  # (L, B) α_t = softmax_i(e_t)
-        z = torch.sigmoid(self.context_gate(h[-1])) * (alpha.unsqueeze(-1) * regions).sum(dim=0)  # (B, E) z_t
-        x = self.dropout(torch.cat([self.embedding(tokens), z], dim=-1))  # (B, 2E) [E y_{t-1}; z_t]
-        hidden, (h, c) = self.rnn.step(x, (h, c))  # (B, H)
-        return self.output(self.dropout(hidden)), (h, c, regions, keys)
-
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
-        """Teacher-forced logits, step by step (z_t needs h_{t-1}). features (B, L, D), tokens (B*repeats, T)."""
-        state = tuple(part.repeat_interleave(repeats, dim=1) for part in self.start(features))  # batch B*repeats
-        logits = []
-        for t in range(tokens.size(1)):
-            step_logits, state = self.advance(tokens[:, t], state)  # (B*r, V)
-            logits.append(step_logits)
-        return torch.stack(logits, dim=1)  # (B*r, T, V)
-
-    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
-        logits, state = self.advance(tokens, state)
-        return F.log_softmax(logits, dim=-1), state
-
-
-class CurrentStateAttentionDecoder(nn.Module):
-    """Spatial attention queried by the CURRENT state (Lu et al. 2017, "Knowing When to Look", sec. 2.2,
-    without the sentinel): the LSTM reads [E y_{t-1}; v_g] (v_g a global image vector at every step),
-    then looks at the regions with h_t, and the context joins h_t at the output:
-
-        v_g = ReLU(W_g ā)   V = W_v A   (regions A (L, D) -> V (L, H), ā = mean_i a_i)
-        h_t = StackedLSTM([E y_{t-1}; v_g], h_{t-1})            from h_0 = c_0 = 0
-        e_t = w^T tanh(W_k V + W_q h_t 1^T)   α_t = softmax(e_t)   c_t = Σ_i α_ti V_i
-        p(y_t) = softmax(W_o (h_t + c_t))
-
-    No input of the LSTM depends on attention, so teacher forcing runs the whole caption in one
-    StackedLSTM.forward (its fast path) and attends for all T at once, where Xu et al.'s h_{t-1}
-    query needs a Python loop over time.
-    """
-
-    def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
-                 num_layers: int, cell: str, dropout: float, attention_size: int = 0) -> None:
-        super().__init__()
-        A = attention_size or embed_size  # the (B, T, L, A) tanh is most of this decoder's cost
-        self.region_projection = nn.Linear(region_dim, hidden_size)  # W_v
-        self.global_projection = nn.Linear(region_dim, embed_size)  # W_g
-        self.region_keys = nn.Linear(hidden_size, A)  # W_k
-        self.state_query = nn.Linear(hidden_size, A)  # W_q
-        self.score = nn.Linear(A, 1)  # w
-        self.embedding = nn.Embedding(vocab_size, embed_size)
-        self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
-        self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(hidden_size, vocab_size)
-
-    def image(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """features (B, L, D) -> regions V (B, L, H), their keys W_k V (B, L, A), v_g (B, E)."""
-        regions = self.region_projection(features)  # (B, L, H)
-        global_image = F.relu(self.global_projection(features.mean(dim=1)))  # (B, E) v_g = ReLU(W_g ā)
-        return regions, self.region_keys(regions), global_image
-
-    def attend(self, hidden: torch.Tensor, regions: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """hidden (B, T, H), regions (B, L, H), keys (B, L, A) -> context (B, T, H)."""
-        query = self.state_query(hidden).unsqueeze(2)  # (B, T, 1, A) W_q h_t
-        e = self.score(torch.tanh(keys.unsqueeze(1) + query)).squeeze(-1)  # (B, T, L) e_t
-        alpha = torch.softmax(e, dim=-1)  # (B, T, L) α_t
-        return alpha @ regions  # (B, T, H) c_t = Σ_i α_ti V_i
-
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
-        """Teacher-forced logits. features (B, L, D), tokens (B*repeats, T) -> (B*repeats, T, V)."""
-        regions, keys, global_image = (part.repeat_interleave(repeats, dim=0) for part in self.image(features))
-        words = self.embedding(tokens)  # (B*r, T, E)
-        inputs = torch.cat([words, global_image.unsqueeze(1).expand_as(words)], dim=-1)  # (B*r, T, 2E)
-        hidden, _ = self.rnn(self.dropout(inputs))  # (B*r, T, H)
-        context = self.attend(hidden, regions, keys)  # (B*r, T, H)
-        return self.output(self.dropout(hidden + context))  # (B*r, T, V)
-
-    def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """State (h, c, regions (L, B, H), keys (L, B, A), v_g (1, B, E)): batch on dim 1 for beam search."""
-        regions, keys, global_image = self.image(features)
-        h, c = self.rnn.initial_state(features.size(0), features.device, features.dtype)  # h_0 = c_0 = 0
-        return h, c, regions.transpose(0, 1), keys.transpose(0, 1), global_image.unsqueeze(0)
-
-    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
-        h, c, regions, keys, global_image = state
-        x = torch.cat([self.embedding(tokens), global_image[0]], dim=-1)  # (B, 2E)
-        hidden, (h, c) = self.rnn.step(x, (h, c))  # (B, H)
-        context = self.attend(hidden.unsqueeze(1), regions.transpose(0, 1), keys.transpose(0, 1))[:, 0]  # (B, H)
-        return F.log_softmax(self.output(hidden + context), dim=-1), (h, c, regions, keys, global_image)
-
-
-ATTENTION_QUERIES = {"previous": AttentionDecoder, "current": CurrentStateAttentionDecoder}
-
-
 class Captioner(nn.Module):
     """Encoder + decoder + vocabulary; `forward` trains, `generate` captions."""
 
@@ -233,13 +90,26 @@ class Captioner(nn.Module):
             if model.attention_query not in ATTENTION_QUERIES:
                 raise ConfigError(f"model.attention_query: expected one of {', '.join(ATTENTION_QUERIES)}, "
                                   f"got {model.attention_query!r}")
+            region_dim = self.encoder.use_regions()
+            num_regions = self.encoder.num_regions if model.region_positions else 0
             self.decoder = ATTENTION_QUERIES[model.attention_query](
-                self.encoder.use_regions(), len(vocab), model.embed_size, model.hidden_size, model.num_layers,
-                model.cell, model.dropout, model.attention_size)
+                region_dim, len(vocab), model.embed_size, model.hidden_size, model.num_layers,
+                model.cell, model.dropout, model.attention_size, num_regions)
         else:
             self.decoder = Decoder(self.encoder.feature_dim, len(vocab), model.embed_size, model.hidden_size,
                                    model.num_layers, model.cell, model.dropout, model.image_as)
+        if model.tie_embeddings:
+            self.tie_embeddings()
         self.scorer: ImageSentenceScorer | None = None  # attached for reranking only (see generate)
+
+    def tie_embeddings(self) -> None:
+        """W_o = W_e (Press & Wolf 2017): a word is predicted by the vector it is read with, which halves
+        the word parameters and helps when captions are few."""
+        embedding, output = self.decoder.embedding, self.decoder.output
+        if output.in_features != embedding.embedding_dim:
+            raise ConfigError(f"model.tie_embeddings=true needs model.embed_size ({embedding.embedding_dim}) "
+                              f"= model.hidden_size ({output.in_features})")
+        output.weight = embedding.weight  # (V, E): one tensor, one gradient from both uses
 
     def parameter_groups(self) -> list[dict]:
         """Trainable parameters for the optimizer: fine-tuned encoder blocks in their own group at
