@@ -1,7 +1,8 @@
 """The captioner: CNN encoder -> image embedding -> explicit stacked LSTM -> word logits.
 
-Show and Tell (Vinyals et al. 2015; attention decoders: attention.py): the projected image feature is the recurrent network's input at
-step -1, from h_0 = c_0 = 0; then <start> and the caption's words follow.
+Show and Tell (Vinyals et al. 2015): the projected image feature is the recurrent network's input at
+step -1, from h_0 = c_0 = 0; then <start> and the caption's words follow. (Attention decoders:
+attention.py.)
 
     inputs   x_-1 = W_I CNN(I)   x_0 = W_e <start>   x_1 = W_e w_1   ...   x_T-1 = W_e w_T-1
     targets          -            w_1                  w_2          ...   <end>
