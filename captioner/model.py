@@ -110,6 +110,7 @@ class Captioner(nn.Module):
         if output.in_features != embedding.embedding_dim:
             raise ConfigError(f"model.tie_embeddings=true needs model.embed_size ({embedding.embedding_dim}) "
                               f"= model.hidden_size ({output.in_features})")
+        nn.init.normal_(embedding.weight, std=embedding.embedding_dim ** -0.5)  # N(0, 1) rows would give logits ~ ±√E
         output.weight = embedding.weight  # (V, E): one tensor, one gradient from both uses
 
     def parameter_groups(self) -> list[dict]:
