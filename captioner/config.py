@@ -68,7 +68,6 @@ class ModelConfig:
     #   current: h_t looks, context into the output (Lu et al. 2017); no loop over time in training
     attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size
     region_positions: bool = True  # add a learned embedding of each region's grid cell (attention.py)
-    tie_embeddings: bool = False  # output layer shares the word embedding matrix (needs embed_size = hidden_size)
 
 
 @dataclass

@@ -99,19 +99,7 @@ class Captioner(nn.Module):
         else:
             self.decoder = Decoder(self.encoder.feature_dim, len(vocab), model.embed_size, model.hidden_size,
                                    model.num_layers, model.cell, model.dropout, model.image_as)
-        if model.tie_embeddings:
-            self.tie_embeddings()
         self.scorer: ImageSentenceScorer | None = None  # attached for reranking only (see generate)
-
-    def tie_embeddings(self) -> None:
-        """W_o = W_e (Press & Wolf 2017): a word is predicted by the vector it is read with, which halves
-        the word parameters and helps when captions are few."""
-        embedding, output = self.decoder.embedding, self.decoder.output
-        if output.in_features != embedding.embedding_dim:
-            raise ConfigError(f"model.tie_embeddings=true needs model.embed_size ({embedding.embedding_dim}) "
-                              f"= model.hidden_size ({output.in_features})")
-        nn.init.normal_(embedding.weight, std=embedding.embedding_dim ** -0.5)  # N(0, 1) rows would give logits ~ ±√E
-        output.weight = embedding.weight  # (V, E): one tensor, one gradient from both uses
 
     def parameter_groups(self) -> list[dict]:
         """Trainable parameters for the optimizer: fine-tuned encoder blocks in their own group at

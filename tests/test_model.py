@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from captioner.config import Config, ConfigError
+from captioner.config import Config
 from captioner.model import Captioner
 from captioner.vocab import Vocabulary
 
@@ -72,26 +72,3 @@ def test_overfits_one_batch_and_generates_it_back():
     generated = [" ".join(g.words[0]) for g in model.generate(images, beam_size=2)]
     assert generated == CAPTIONS
 
-
-@pytest.mark.parametrize("attention", [False, True])
-def test_tied_embeddings_are_one_tensor_that_learns_from_both_uses(attention):
-    model = make_model(num_layers=1)
-    config = model.config
-    config.model.attention, config.model.tie_embeddings = attention, True
-    config.model.hidden_size = config.model.embed_size
-    tied = Captioner(config, model.vocab)
-    assert tied.decoder.output.weight is tied.decoder.embedding.weight
-    assert len(list(tied.parameters())) == len(dict(tied.named_parameters(remove_duplicate=False))) - 1
-    _, loss = tied(*batch(tied))
-    loss.backward()
-    assert tied.decoder.embedding.weight.grad.abs().sum() > 0
-    reloaded = Captioner(config, model.vocab)
-    reloaded.load_state_dict(tied.state_dict())
-    assert reloaded.decoder.output.weight is reloaded.decoder.embedding.weight
-
-
-def test_tied_embeddings_need_equal_sizes():
-    config = make_model().config
-    config.model.tie_embeddings = True
-    with pytest.raises(ConfigError, match=r"model.tie_embeddings=true needs model.embed_size \(32\) = model.hidden_size \(48\)"):
-        Captioner(config, Vocabulary.build(CAPTIONS, min_count=1))
