@@ -23,8 +23,8 @@ from captioner.data import load_dataset
 from captioner.evaluation import evaluate
 from captioner.features import FeatureCache
 from captioner.model import Captioner
-from captioner.run_setup import (EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted, autocast, build_average,
-                                 build_optimizer, build_scheduler, check_same_model, prepare_run_dir, resolve_device, restore_rng,
+from captioner.run_setup import (EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted, autocast, build_optimizer,
+                                 build_scheduler, check_same_model, prepare_run_dir, resolve_device, restore_rng,
                                  resume_target, rng_state, seed_everything)
 from captioner.vocab import Vocabulary
 
@@ -59,8 +59,6 @@ class Trainer:
         groups = self.model.parameter_groups()
         if len(groups) > 1:  # fine-tuning: same optimizer settings, one parameter group per learning rate
             self.optimizer = type(self.optimizer)(groups, **self.optimizer.defaults)
-        self.average = build_average(self.model, config.train.average_decay)
-        self.evaluated = self.average.module if self.average else self.model  # validated, saved as "model", tested
         self.feature_cache = self.make_feature_cache()
         self.training_model = distributed.wrap(self.model, self.cluster)  # DDP: gradients averaged across ranks
         distributed.seed_rank(config.train.seed, self.cluster)
@@ -173,8 +171,6 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.train.grad_clip, norm)
         self.optimizer.step()
         self.scheduler.step()
-        if self.average:
-            self.average.update_parameters(self.model)
         self.progress["step"] += 1
         self.progress["last_loss"] = loss.item()
         return self.progress["last_loss"]
@@ -203,7 +199,7 @@ class Trainer:
 
     def evaluated_model(self) -> torch.nn.Module:
         """The model as `evaluate` should call it: with the feature cache, its inputs are features."""
-        return _FeatureInputs(self.evaluated) if self.feature_cache is not None else self.evaluated
+        return _FeatureInputs(self.model) if self.feature_cache is not None else self.model
 
     def validation_records(self):
         records = self.splits["val"] or self.splits["test"]
@@ -219,12 +215,10 @@ class Trainer:
             if not torch.isfinite(parameter).all():
                 raise NonFiniteLoss(self.progress["step"], self.progress.get("last_loss"),
                                     what=f"weight {parameter_name} (so {name} was not written)")
-        payload = {"config": to_dict(self.config), "vocab": self.vocab.to_dict(), "model": self.evaluated.state_dict(),
+        payload = {"config": to_dict(self.config), "vocab": self.vocab.to_dict(), "model": self.model.state_dict(),
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "progress": dict(self.progress), "history": self.history, "rng": rng_state(),
                    "metrics": metrics or {}}
-        if self.average:  # "model" holds the average; resuming also needs the weights being trained
-            payload["training_model"] = self.model.state_dict()
         if self.cluster.enabled:  # every rank's RNG, so that each resumed rank continues its own dropout masks
             payload["rank_rng"] = distributed.gather_objects(rng_state(), self.cluster)
         if self.cluster.is_main:
@@ -232,10 +226,7 @@ class Trainer:
 
     def restore(self, payload: dict[str, Any], path: str | Path) -> None:
         check_compatible(self.model.state_dict(), payload["model"], path)
-        self.model.load_state_dict(payload.get("training_model", payload["model"]))
-        if self.average:
-            self.average.module.load_state_dict(payload["model"])
-            self.average.n_averaged.fill_(max(1, payload["progress"]["step"]))  # > 0: go on averaging, not copy
+        self.model.load_state_dict(payload["model"])
         base_rates = list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
@@ -252,7 +243,7 @@ class Trainer:
         best = self.run_dir / "best.pt"
         distributed.barrier(self.cluster)  # rank 0 has finished writing best.pt
         if best.exists():
-            self.evaluated.load_state_dict(read_checkpoint(best, map_location=self.device)["model"])
+            self.model.load_state_dict(read_checkpoint(best, map_location=self.device)["model"])
         records = self.splits["test"] or self.splits["val"]
         split = "test" if self.splits["test"] else "val"
         ev = self.config.eval

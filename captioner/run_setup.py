@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from captioner.checkpoint import CheckpointError
 from captioner.config import Config, to_dict
@@ -113,16 +112,6 @@ def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optim
         raise ValueError(f"train.optimizer={train.optimizer!r}: expected one of {sorted(optimizers)}")
     parameters = [p for p in model.parameters() if p.requires_grad]
     return optimizers[train.optimizer](parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
-
-
-def build_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of the weights (and BatchNorm statistics), updated after every
-    step: θ̄ ← decay·θ̄ + (1 − decay)·θ. It smooths the last steps' noise; None when decay is 0."""
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"train.average_decay={decay}: expected 0 (off) or a number in (0, 1), e.g. 0.99")
-    if decay == 0.0:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -183,29 +183,6 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data_root, straight_run
     assert without_time == [{k: v for k, v in entry.items() if k != "epoch_seconds"} for entry in straight["history"]]
 
 
-def test_weight_average_is_what_is_saved_and_resumes_exactly(data_root, tmp_path, monkeypatch):
-    average = ["train.average_decay=0.9"]
-    straight_dir, run_dir = tmp_path / "straight", tmp_path / "run"
-    trained: list[dict] = []  # the weights after each step, to recompute the average by hand
-    after_each_step(monkeypatch, lambda trainer: trained.append(
-        {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}))
-    engine.Trainer(tiny_config(data_root, straight_dir, *average), log=lambda message: None).fit()
-    straight = torch.load(straight_dir / "last.pt", weights_only=True)
-    expected = dict(trained[0])  # first step: a copy; then θ̄ ← 0.9 θ̄ + 0.1 θ
-    for state in trained[1:]:  # weights and BatchNorm statistics (its integer step counter is not averaged)
-        expected = {k: 0.9 * expected[k] + 0.1 * v for k, v in state.items() if v.is_floating_point()}
-    assert all(torch.allclose(straight["model"][k], v, atol=1e-6) for k, v in expected.items())
-    assert all(torch.equal(straight["training_model"][k], v) for k, v in trained[-1].items())
-    monkeypatch.undo()
-    stop_after(monkeypatch, 3)
-    with pytest.raises(TrainingInterrupted):
-        engine.Trainer(tiny_config(data_root, run_dir, *average), log=lambda message: None).fit()
-    engine.Trainer(tiny_config(data_root, run_dir, *average), resume=run_dir / "last.pt", log=lambda m: None).fit()
-    resumed = torch.load(run_dir / "last.pt", weights_only=True)
-    for part in ("model", "training_model"):
-        assert all(torch.equal(resumed[part][k], straight[part][k]) for k in straight[part]), part
-
-
 def test_signal_during_validation_stops_right_after_the_epoch_is_saved(data_root, tmp_path, monkeypatch):
     real_evaluate = engine.evaluate
 
