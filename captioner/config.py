@@ -67,6 +67,7 @@ class ModelConfig:
     attention_query: str = "previous"  # previous: h_{t-1} looks, context into the LSTM (Xu et al. 2015) |
     #   current: h_t looks, context into the output (Lu et al. 2017); no loop over time in training
     attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size
+    image_fit: str = "crop"  # how a photo becomes the backbone's square input: crop (centre) | stretch (whole)
     region_positions: bool = True  # add a learned embedding of each region's grid cell (attention.py)
 
 

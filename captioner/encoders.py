@@ -14,7 +14,7 @@ Backbones:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torchvision
@@ -40,6 +40,7 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # resize filter (torchvision InterpolationMode value): bilinear | bicubic
+    fit: str = "crop"  # crop: shorter side to resize_size, then the centre square | stretch: the whole image to a square
 
 
 class SmallCNN(nn.Module):
@@ -109,8 +110,12 @@ class Encoder(nn.Module):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The one transform for train, eval and demo: RGB PIL -> uint8 (3, S, S)."""
         spec = self.preprocessing
-        image = TF.resize(image, spec.resize_size, interpolation=InterpolationMode(spec.interpolation), antialias=True)
-        image = TF.center_crop(image, [spec.image_size, spec.image_size])
+        filter_ = InterpolationMode(spec.interpolation)
+        if spec.fit == "stretch":  # keeps what a crop cuts off at the sides, at the cost of the aspect ratio
+            image = TF.resize(image, [spec.image_size, spec.image_size], interpolation=filter_, antialias=True)
+        else:
+            image = TF.resize(image, spec.resize_size, interpolation=filter_, antialias=True)
+            image = TF.center_crop(image, [spec.image_size, spec.image_size])
         return TF.pil_to_tensor(image)  # (3, S, S) uint8
 
     def use_regions(self) -> int:
@@ -146,8 +151,16 @@ class Encoder(nn.Module):
         return self.backbone(x)  # (B, F)
 
 
-def build_encoder(name: str, pretrained: bool = False) -> Encoder:
+def build_encoder(name: str, pretrained: bool = False, image_fit: str = "crop") -> Encoder:
     """Build a backbone by name. Tests and the default config use no downloaded weights."""
+    if image_fit not in ("crop", "stretch"):
+        raise EncoderError(f"model.image_fit={image_fit!r}: expected crop or stretch")
+    encoder = _build_backbone(name, pretrained)
+    encoder.preprocessing = replace(encoder.preprocessing, fit=image_fit)
+    return encoder
+
+
+def _build_backbone(name: str, pretrained: bool) -> Encoder:
     if name == "small_cnn":
         if pretrained:
             raise EncoderError("model.backbone=small_cnn has no pretrained weights; set model.pretrained=false")

@@ -97,6 +97,20 @@ def test_changed_preprocessing_or_weights_is_a_cache_miss(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 3  # one directory per encoder identity
 
 
+def test_stretch_keeps_what_the_crop_cuts_off_and_has_its_own_cache(tmp_path):
+    image = Image.new("RGB", (128, 64), "white")
+    image.paste("blue", (0, 0, 16, 64))  # a stripe at the far left
+    cropped, stretched = (build_encoder("small_cnn", image_fit=fit) for fit in ("crop", "stretch"))
+    assert not (cropped.preprocess(image)[0] < 50).any()  # the centre 64x64 square has no blue (red channel low)
+    assert (stretched.preprocess(image)[0, :, :6] < 50).all()  # squeezed to 8 px wide, still there
+    records = write_images(tmp_path / "images", 2)
+    for encoder in (cropped, stretched):
+        FeatureCache(tmp_path / "cache", encoder, log=quiet).features(records)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    with pytest.raises(EncoderError, match="model.image_fit='pad': expected crop or stretch"):
+        build_encoder("small_cnn", image_fit="pad")
+
+
 def test_changed_image_file_is_encoded_again_alone(tmp_path):
     records = write_images(tmp_path / "images", 4)
     encoder = small_encoder()
