@@ -179,8 +179,8 @@ class Trainer:
         """Validate with free-running generation, then save last.pt and, if improved, best.pt."""
         ev = self.config.eval
         distributed.sync_buffers(self.model, self.cluster)
-        metrics, captions = evaluate(self.evaluated_model(), self.validation_records(), "val", ev.val_beam_size,
-                                     ev.max_length, ev.batch_size, self.val_inputs, self.cluster)
+        metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
+                                     ev.batch_size, cluster=self.cluster, **self.evaluation_inputs(self.val_inputs))
         self.progress["epoch"] += 1
         self.progress["batch"] = 0
         entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
@@ -197,9 +197,9 @@ class Trainer:
         if improved:
             self.save("best.pt", metrics=metrics)
 
-    def evaluated_model(self) -> torch.nn.Module:
-        """The model as `evaluate` should call it: with the feature cache, its inputs are features."""
-        return _FeatureInputs(self.model) if self.feature_cache is not None else self.model
+    def evaluation_inputs(self, inputs) -> dict[str, Any]:
+        """`inputs` (from `inputs()`) as the keyword `evaluate` expects: cached features or pixels."""
+        return {"features": inputs} if self.feature_cache is not None else {"pixels": inputs}
 
     def validation_records(self):
         records = self.splits["val"] or self.splits["test"]
@@ -248,8 +248,8 @@ class Trainer:
         split = "test" if self.splits["test"] else "val"
         ev = self.config.eval
         inputs = self.stored_features(records) if self.feature_cache is not None else None
-        metrics, captions = evaluate(self.evaluated_model(), records, split, ev.beam_size, ev.max_length, ev.batch_size,
-                                     inputs, self.cluster)
+        metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
+                                     cluster=self.cluster, **self.evaluation_inputs(inputs))
         metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
         metrics["history"] = self.history
@@ -260,17 +260,6 @@ class Trainer:
 
 def _quiet(message: str) -> None:
     """The log of every rank but 0."""
-
-
-class _FeatureInputs(torch.nn.Module):
-    """Adapter: `evaluate` hands batches positionally to `generate`; with the cache they are features."""
-
-    def __init__(self, model: Captioner) -> None:
-        super().__init__()
-        self.model = model
-
-    def generate(self, features: torch.Tensor, **options):
-        return self.model.generate(features=features, **options)
 
 
 class _StopOnSignal:

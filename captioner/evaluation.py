@@ -25,8 +25,9 @@ from captioner.vocab import tokenize
 @torch.no_grad()
 def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
              batch_size: int = 100, pixels: torch.Tensor | None = None,
-             cluster: Cluster = SINGLE) -> tuple[dict[str, Any], list[str]]:
-    """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files.
+             cluster: Cluster = SINGLE, features: torch.Tensor | None = None) -> tuple[dict[str, Any], list[str]]:
+    """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files;
+    `features` (N, ...) from the feature cache skips the encoder too.
     Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
     captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
@@ -34,11 +35,13 @@ def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, 
     model.eval()
 
     def caption_batch(start: int, stop: int) -> list[str]:
-        if pixels is not None:
-            batch = pixels[start:stop]
+        if features is not None:
+            inputs = {"features": torch.as_tensor(features[start:stop]).to(device)}
+        elif pixels is not None:
+            inputs = {"images": pixels[start:stop].to(device)}
         else:
-            batch = torch.stack([preprocess_file(record, model.encoder.preprocess) for record in records[start:stop]])
-        generations = model.generate(batch.to(device), beam_size=beam_size, max_length=max_length)
+            inputs = {"images": torch.stack([preprocess_file(r, model.encoder.preprocess) for r in records[start:stop]]).to(device)}
+        generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length)
         return [" ".join(generation.words[0]) for generation in generations]
 
     captions = run_sharded(caption_batch, len(records), batch_size, cluster)
