@@ -101,6 +101,7 @@ class EvalConfig:
     beam_size: int = 3  # beam width for test metrics (1 = greedy)
     val_beam_size: int = 1  # beam width for the per-epoch validation BLEU
     max_length: int = 20  # longest generated caption, in words
+    no_repeat_ngram_size: int = 0  # beam search never repeats an n-gram within a caption (0 = off; 3 = trigrams)
     batch_size: int = 100  # images per generation batch
 
 

@@ -28,12 +28,15 @@ class Generation:
 
 
 def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, beam_size: int = 1,
-                max_length: int = 20, length_penalty: float = 0.0) -> list[Generation]:
+                max_length: int = 20, length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> list[Generation]:
     """Decode B images at once. state: (h, c), each (L, B, H) after the image step.
 
-    length_penalty alpha ranks the final beams by log p / length**alpha (0 = raw log-probability)."""
-    if beam_size < 1 or max_length < 1:
-        raise ValueError(f"beam_size and max_length must be >= 1, got {beam_size} and {max_length}")
+    length_penalty alpha ranks the final beams by log p / length**alpha (0 = raw log-probability).
+    no_repeat_ngram_size n > 0 forbids a word that would make an n-gram the beam already holds
+    ("a man in a blue shirt and a blue shirt" at n = 3); 0 allows every repeat."""
+    if beam_size < 1 or max_length < 1 or no_repeat_ngram_size < 0:
+        raise ValueError(f"beam_size and max_length must be >= 1 and no_repeat_ngram_size >= 0, "
+                         f"got {beam_size}, {max_length} and {no_repeat_ngram_size}")
     B, K = state[0].size(1), beam_size
     device = state[0].device
     tokens = torch.full((B,), start_id, dtype=torch.long, device=device)
@@ -51,6 +54,8 @@ def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, be
             break
         log_probs, state = step(history[:, :, -1].reshape(-1), state)  # (B*K, V)
         log_probs = log_probs.view(B, K, V)
+        if 0 < no_repeat_ngram_size <= history.size(-1):
+            log_probs = log_probs.masked_fill(repeated_ngram_words(history, no_repeat_ngram_size, V), float("-inf"))
         log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)  # (B, K, V)
         candidates = (scores.unsqueeze(-1) + log_probs).view(B, K * V)  # (B, K*V)
         scores, flat = candidates.topk(K, dim=-1)  # (B, K)
@@ -60,6 +65,17 @@ def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, be
         rows = (parent + torch.arange(B, device=device).unsqueeze(1) * K).view(-1)  # (B*K,)
         state = tuple(s.index_select(1, rows) for s in state)
     return _collect(history, scores, finished, end_id, length_penalty)
+
+
+def repeated_ngram_words(history: torch.Tensor, n: int, V: int) -> torch.Tensor:
+    """history (B, K, T) -> (B, K, V) True for each word w that would repeat an n-gram: some earlier
+    n-gram starts with the beam's last n-1 words and ends in w."""
+    B, K, T = history.shape
+    ngrams = history.unfold(-1, n, 1)  # (B, K, T-n+1, n) every n-gram so far
+    context = history[:, :, T - n + 1 :]  # (B, K, n-1) the words the next one continues
+    same_start = (ngrams[..., :-1] == context.unsqueeze(2)).all(dim=-1)  # (B, K, T-n+1)
+    hits = torch.zeros(B, K, V, device=history.device).scatter_add_(-1, ngrams[..., -1], same_start.float())
+    return hits > 0  # (B, K, V)
 
 
 def sample(step: StepFunction, state: State, start_id: int, end_id: int, max_length: int = 20,

@@ -4,11 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.decoding import beam_search, sample
+from captioner.decoding import beam_search, repeated_ngram_words, sample
 from test_model import make_model
 
 
-def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_length: int):
+def repeats_ngram(tokens: list[int], n: int) -> bool:
+    ngrams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(ngrams) != len(set(ngrams))
+
+
+def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_length: int, no_repeat: int = 0):
     """One image, a Python list of beams: the textbook algorithm, kept as the oracle."""
     vocab, decoder = model.vocab, model.decoder
     beams = [([], 0.0, False, decoder.start(features[None]))]
@@ -21,6 +26,8 @@ def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_len
             last = torch.tensor([tokens[-1] if tokens else vocab.start_id])
             log_probs, new_state = decoder.step(last, state)
             for word, value in enumerate(log_probs[0].tolist()):
+                if no_repeat and repeats_ngram(tokens + [word], no_repeat):
+                    continue
                 candidates.append((tokens + [word], score + value, word == vocab.end_id, new_state))
         beams = sorted(candidates, key=lambda beam: -beam[1])[:beam_size]
         if all(beam[2] for beam in beams):
@@ -42,6 +49,37 @@ def test_batched_beam_equals_per_image_reference(beam_size):
             tokens, score = reference_beam_search(model, features[index], beam_size, 12)
             assert result.token_ids[0] == tokens
             assert result.log_probs[0] == pytest.approx(score, abs=1e-4)
+
+
+def test_repeated_ngram_words_are_the_continuations_seen_before():
+    history = torch.tensor([[[5, 6, 7, 5, 6], [5, 6, 7, 8, 9]]])  # (B=1, K=2, T=5)
+    banned = repeated_ngram_words(history, 3, 10)  # (1, 2, 10)
+    assert banned[0, 0].nonzero().flatten().tolist() == [7]  # "5 6 7" again
+    assert not banned[0, 1].any()  # "8 9" never started a trigram
+    assert repeated_ngram_words(history, 1, 10)[0, 1].nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("beam_size, n", [(1, 2), (3, 2), (3, 3)])
+def test_no_repeat_ngram_beam_equals_the_reference_that_skips_repeats(beam_size, n):
+    model = make_model().eval()
+    with torch.no_grad():
+        features = torch.randn(6, model.encoder.feature_dim)
+        free, blocked = (beam_search(model.decoder.step, model.decoder.start(features), model.vocab.start_id,
+                                     model.vocab.end_id, beam_size, 12, no_repeat_ngram_size=size) for size in (0, n))
+        assert any(repeats_ngram(result.token_ids[0], n) for result in free)  # an untrained model repeats itself
+        for index, result in enumerate(blocked):
+            tokens, score = reference_beam_search(model, features[index], beam_size, 12, no_repeat=n)
+            assert result.token_ids[0] == tokens and not repeats_ngram(tokens, n)
+            assert result.log_probs[0] == pytest.approx(score, abs=1e-4)
+
+
+def test_no_repeat_ngram_size_defaults_to_the_models_config():
+    model = make_model().eval()
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    model.config.eval.no_repeat_ngram_size = 2
+    assert [g.token_ids for g in model.generate(images, beam_size=2)] == \
+        [g.token_ids for g in model.generate(images, beam_size=2, no_repeat_ngram_size=2)]
+    assert all(not repeats_ngram(g.token_ids[0], 2) for g in model.generate(images, beam_size=2))
 
 
 def test_greedy_is_argmax_and_length_limit_falls_back():
