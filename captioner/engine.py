@@ -16,7 +16,6 @@ import torch
 from tqdm import tqdm
 
 from captioner import distributed
-from captioner.augment import flip_batch
 from captioner.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
 from captioner.checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from captioner.config import Config, save_yaml, to_dict
@@ -156,9 +155,6 @@ class Trainer:
     def train_step(self, inputs: torch.Tensor, captions: torch.Tensor) -> float:
         """One optimizer step; inputs are cached features (B, F) with the feature cache, else pixels."""
         inputs, captions = inputs.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
-        if self.config.train.flip_probability > 0:  # augment.py: some images mirrored, captions kept true
-            inputs, captions = flip_batch(inputs, captions, self.config.train.captions_per_image, self.vocab,
-                                          self.config.train.flip_probability)
         cached = self.feature_cache is not None
         with autocast(self.config.train.precision, self.device):  # bf16: see run_setup.autocast
             _, loss = self.training_model(None if cached else inputs, captions, features=inputs if cached else None,
