@@ -87,6 +87,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast: bfloat16 matmuls, fp32 weights, no loss scaling needed)
     scale_lr: bool = False  # under torchrun, multiply the learning rates by the number of processes
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    scheduled_sampling: float = 0.0  # share of input words replaced by the model's own sampled guesses
     seed: int = 0  # seeds python, torch and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader worker processes for image decoding

@@ -120,11 +120,26 @@ class Captioner(nn.Module):
         image is encoded once) -> (logits (B*C, L-1, V), mean cross-entropy over real words)."""
         if features is None:
             features = self.encoder(images)  # (B, F)
-        logits = self.decoder(features, captions[:, :-1], captions_per_image)  # (B*C, L-1, V), each image projected once
+        inputs = captions[:, :-1]  # (B*C, L-1)
+        if self.training and self.config.train.scheduled_sampling > 0:
+            inputs = self.mix_in_predictions(features, inputs, captions_per_image)
+        logits = self.decoder(features, inputs, captions_per_image)  # (B*C, L-1, V), each image projected once
         targets = captions[:, 1:]  # (B, L-1)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=self.vocab.pad_id, label_smoothing=self.config.train.label_smoothing)
         return logits, loss
+
+    @torch.no_grad()
+    def mix_in_predictions(self, features: torch.Tensor, inputs: torch.Tensor, repeats: int) -> torch.Tensor:
+        """Parallel scheduled sampling (Duckworth et al. 2019): each input word w_{t-1} after <start> is,
+        with probability train.scheduled_sampling, replaced by a word sampled from the model's own
+        teacher-forced prediction for that position, so training meets the mistakes generation makes."""
+        logits = self.decoder(features, inputs, repeats)  # (B*C, T, V): column t predicts input t+1
+        predicted = torch.distributions.Categorical(logits=logits.float()).sample()  # (B*C, T)
+        guesses = torch.cat([inputs[:, :1], predicted[:, :-1]], dim=1)  # (B*C, T): the guess for each input
+        replace = torch.rand(inputs.shape, device=inputs.device) < self.config.train.scheduled_sampling
+        replace[:, 0] = False  # <start> stays
+        return torch.where(replace & (inputs != self.vocab.pad_id), guesses, inputs)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,

@@ -72,3 +72,22 @@ def test_overfits_one_batch_and_generates_it_back():
     generated = [" ".join(g.words[0]) for g in model.generate(images, beam_size=2)]
     assert generated == CAPTIONS
 
+
+
+def test_scheduled_sampling_replaces_a_share_of_input_words_only():
+    model = make_model()
+    images, captions = batch(model)
+    inputs, features = captions[:, :-1], model.encoder(images)
+    model.config.train.scheduled_sampling = 0.5
+    torch.manual_seed(0)
+    mixed = model.mix_in_predictions(features, inputs, 1)
+    real = inputs != model.vocab.pad_id
+    real[:, 0] = False  # <start>
+    assert torch.equal(mixed[~real], inputs[~real])  # <start> and padding never change
+    changed = (mixed != inputs)[real].float().mean().item()
+    assert 0.25 < changed < 0.75, changed  # about half (a guess can equal the true word)
+    model.eval()  # generation-time behaviour: the loss is plain teacher forcing again
+    model.config.train.scheduled_sampling = 0.0
+    plain = model(images, captions)[1]
+    model.config.train.scheduled_sampling = 0.5
+    assert torch.equal(model(images, captions)[1], plain)
