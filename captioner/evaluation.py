@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to caption")
     parser.add_argument("--beam-size", type=int, default=3, help="beam width (1 = greedy)")
     parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help="never repeat an n-gram in a caption (0 = off; default: the checkpoint's eval setting)")
     parser.add_argument("--data-root", default=None, help="dataset directory (default: the one in the checkpoint's config)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DatasetFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.no_repeat_ngram_size is not None:
+        model.config.eval.no_repeat_ngram_size = args.no_repeat_ngram_size  # generate()'s default
     metrics, captions = evaluate(model, records, args.split, args.beam_size, args.max_length)
     print(json.dumps(metrics, indent=2))
     if args.output:

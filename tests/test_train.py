@@ -42,6 +42,16 @@ def test_evaluation_command(tiny_run, tmp_path):
     assert evaluated["bleu4"] == reported["bleu4"]
 
 
+def test_evaluation_command_can_forbid_repeats(tiny_run, tmp_path):
+    output = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "captioner.evaluation", "--checkpoint", str(tiny_run / "best.pt"),
+                             "--split", "test", "--no-repeat-ngram-size", "1", "--output", str(output)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    captions = [entry["generated"].split() for entry in json.loads(output.read_text())["captions"]]
+    assert all(len(words) == len(set(words)) for words in captions)  # not even "a" twice
+
+
 def test_bad_override_is_refused_before_anything_is_written(tmp_path):
     run_dir = tmp_path / "never"
     result = subprocess.run([sys.executable, "train.py", f"run_dir={run_dir}", "train.epochz=1"],
