@@ -40,7 +40,7 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # resize filter (torchvision InterpolationMode value): bilinear | bicubic
-    fit: str = "crop"  # crop: shorter side to resize_size, then the centre square | stretch: the whole image to a square
+    fit: str = "crop"  # crop: shorter side to resize_size, then the centre square | stretch: whole image to a square
 
 
 class SmallCNN(nn.Module):

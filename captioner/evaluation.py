@@ -40,7 +40,8 @@ def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, 
         elif pixels is not None:
             inputs = {"images": pixels[start:stop].to(device)}
         else:
-            inputs = {"images": torch.stack([preprocess_file(r, model.encoder.preprocess) for r in records[start:stop]]).to(device)}
+            batch = [preprocess_file(record, model.encoder.preprocess) for record in records[start:stop]]
+            inputs = {"images": torch.stack(batch).to(device)}
         generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length)
         return [" ".join(generation.words[0]) for generation in generations]
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam-size", type=int, default=3, help="beam width (1 = greedy)")
     parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
-                        help="never repeat an n-gram in a caption (0 = off; default: the checkpoint's eval setting)")
+                        help="never repeat an n-gram in a caption (0 = off; default: the checkpoint's setting)")
     parser.add_argument("--data-root", default=None, help="dataset directory (default: the one in the checkpoint's config)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")

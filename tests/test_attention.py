@@ -56,8 +56,8 @@ def test_the_captioner_sizes_the_positions_from_its_encoder_without_moving_batch
     torch.manual_seed(0)
     model = Captioner(config, Vocabulary.build(["a red circle"], min_count=1))
     assert model.decoder.region_projection.position.shape == (16, 16)  # the small CNN's 4x4 map, E = 16
-    running_means = [m.running_mean for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert all(bool((mean == 0).all()) for mean in running_means)  # the probe ran in eval mode
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.num_batches_tracked == 0 and bool((m.running_var == 1).all()) for m in norms)  # eval-mode probe
     assert model.encoder.training  # and the mode came back
     config.model.region_positions = False
     assert Captioner(config, model.vocab).decoder.region_projection.position is None

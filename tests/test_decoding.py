@@ -76,6 +76,7 @@ def test_no_repeat_ngram_beam_equals_the_reference_that_skips_repeats(beam_size,
 def test_no_repeat_ngram_size_defaults_to_the_models_config():
     model = make_model().eval()
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    assert any(repeats_ngram(g.token_ids[0], 2) for g in model.generate(images, beam_size=2))  # config 0: free
     model.config.eval.no_repeat_ngram_size = 2
     assert [g.token_ids for g in model.generate(images, beam_size=2)] == \
         [g.token_ids for g in model.generate(images, beam_size=2, no_repeat_ngram_size=2)]

@@ -10,7 +10,7 @@ from torch import nn
 
 from captioner import fast_gemm, fast_lstm
 from captioner.lstm import StackedLSTM
-from test_lstm import SHAPES, _assert_close, _inputs, _reference_forward, _run_and_grad, _run_ours, _run_torch
+from test_lstm import SHAPES, _assert_close, _inputs, _run_and_grad, _run_ours, _run_torch, assert_matches_equations
 
 SHAPE_IDS = ["B{}T{}E{}H{}L{}{}{}".format(*s[:5], "bi" if s[5] else "", "state" if s[6] else "") for s in SHAPES]
 ONEDNN = [pytest.param(True, id="onednn"), pytest.param(False, id="addmm")]  # for the `onednn` fixture
@@ -60,13 +60,8 @@ def test_fast_path_matches_torch_values_and_every_gradient(shape, onednn, calls)
 @pytest.mark.parametrize("shape", SHAPES[1:], ids=SHAPE_IDS[1:])
 def test_fast_path_matches_equation_reference_in_float64(shape, calls):
     B, T, E, H, L, bidirectional, with_state = shape
-    module = StackedLSTM(E, H, L, bidirectional=bidirectional, fast=True).double()
-    x, state = _inputs(B, T, E, H, L, bidirectional, with_state, dtype=torch.float64)
-    reference_values, reference_grads = _run_and_grad(module, x, state, lambda x, s: _reference_forward(module, x, s))
-    our_values, our_grads = _run_and_grad(module, x, state, _run_ours(module))
+    assert_matches_equations(StackedLSTM(E, H, L, bidirectional=bidirectional, fast=True), shape, "fast lstm")
     assert calls["fast"] > 0
-    _assert_close(dict(enumerate(our_values)), dict(enumerate(reference_values)), 1e-10, "float64 values")
-    _assert_close(our_grads, reference_grads, 1e-10, "float64 gradients")
 
 
 @pytest.mark.parametrize("onednn", ONEDNN, indirect=True)

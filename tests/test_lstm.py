@@ -184,12 +184,18 @@ def _reference_forward(module, x, state):
     *s[:5], "bi" if s[5] else "", "state" if s[6] else ""))
 def test_equation_reference_values_and_gradients(cell, shape):
     B, T, E, H, L, bidirectional, with_state = shape
-    module = StackedLSTM(E, H, L, cell=cell, bidirectional=bidirectional).double()
+    assert_matches_equations(StackedLSTM(E, H, L, cell=cell, bidirectional=bidirectional), shape, cell)
+
+
+def assert_matches_equations(module: StackedLSTM, shape: tuple, what: str) -> None:
+    """Values and every gradient of `module` equal the slow equation-by-equation reference (float64)."""
+    B, T, E, H, L, bidirectional, with_state = shape
+    module = module.double()
     x, state = _inputs(B, T, E, H, L, bidirectional, with_state, dtype=torch.float64)
     reference_values, reference_grads = _run_and_grad(module, x, state, lambda x, s: _reference_forward(module, x, s))
     our_values, our_grads = _run_and_grad(module, x, state, _run_ours(module))
-    _assert_close(dict(enumerate(our_values)), dict(enumerate(reference_values)), 1e-10, f"{cell} values")
-    _assert_close(our_grads, reference_grads, 1e-10, f"{cell} gradients")
+    _assert_close(dict(enumerate(our_values)), dict(enumerate(reference_values)), 1e-10, f"{what} values")
+    _assert_close(our_grads, reference_grads, 1e-10, f"{what} gradients")
     for name, gradient in our_grads.items():
         assert gradient.abs().sum() > 0, f"{cell}: {name} got no gradient"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -31,25 +32,28 @@ def test_public_api_captions_pil_images(tiny_run):
     assert len(captions) == 2 and all(isinstance(text, str) for text in captions)
 
 
-def test_evaluation_command(tiny_run, tmp_path):
-    output = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "captioner.evaluation", "--checkpoint", str(tiny_run / "best.pt"),
-                             "--split", "test", "--beam-size", "2", "--output", str(output)],
+def run_evaluation(checkpoint: Path, output: Path, *flags: str) -> dict:
+    """`python -m captioner.evaluation` on the test split; its --output JSON (metrics and captions)."""
+    result = subprocess.run([sys.executable, "-m", "captioner.evaluation", "--checkpoint", str(checkpoint),
+                             "--split", "test", *flags, "--output", str(output)],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    evaluated = json.loads(output.read_text())["metrics"]
+    return json.loads(output.read_text())
+
+
+def test_evaluation_command(tiny_run, tmp_path):
+    evaluated = run_evaluation(tiny_run / "best.pt", tmp_path / "eval.json", "--beam-size", "2")["metrics"]
     reported = json.loads((tiny_run / "metrics.json").read_text())
     assert evaluated["bleu4"] == reported["bleu4"]
 
 
 def test_evaluation_command_can_forbid_repeats(tiny_run, tmp_path):
-    output = tmp_path / "eval.json"
-    result = subprocess.run([sys.executable, "-m", "captioner.evaluation", "--checkpoint", str(tiny_run / "best.pt"),
-                             "--split", "test", "--no-repeat-ngram-size", "1", "--output", str(output)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    captions = [entry["generated"].split() for entry in json.loads(output.read_text())["captions"]]
-    assert all(len(words) == len(set(words)) for words in captions)  # not even "a" twice
+    def captions(*flags: str) -> list[list[str]]:
+        output = run_evaluation(tiny_run / "best.pt", tmp_path / "eval.json", *flags)
+        return [entry["generated"].split() for entry in output["captions"]]
+
+    assert any(len(words) > len(set(words)) for words in captions())  # "a ... and a ...": words repeat
+    assert all(len(words) == len(set(words)) for words in captions("--no-repeat-ngram-size", "1"))
 
 
 def test_bad_override_is_refused_before_anything_is_written(tmp_path):
