@@ -9,12 +9,16 @@ saved inside every checkpoint (`to_dict`) and rebuilt from it (`from_dict`).
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -88,6 +92,10 @@ class TrainConfig:
     scale_lr: bool = False  # under torchrun, multiply the learning rates by the number of processes
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     scheduled_sampling: float = 0.0  # share of input words replaced by the model's own sampled guesses
+    self_critical_epochs: int = 0  # then this many epochs of self-critical training with a CIDEr-D reward
+    self_critical_learning_rate: float = 5e-5  # constant learning rate of those epochs (encoder's scaled alike)
+    self_critical_samples: int = 5  # captions sampled per image; each one's baseline is the others' mean reward
+    self_critical_reward: str = "cider"  # cider (CIDEr-D) | bleu4 (smoothed sentence BLEU-4)
     seed: int = 0  # seeds python, torch and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader worker processes for image decoding
@@ -197,6 +205,8 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 def _check_type(value: Any, expected: type, path: str) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 2e-4 (no dot) as a string; everyone means the number
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. device=0 or a numeric run name
     if type(value) is not expected:

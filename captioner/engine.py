@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,9 +22,10 @@ from captioner.data import load_dataset
 from captioner.evaluation import evaluate
 from captioner.features import FeatureCache
 from captioner.model import Captioner
-from captioner.run_setup import (EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted, autocast, build_optimizer,
-                                 build_scheduler, check_same_model, prepare_run_dir, resolve_device, restore_rng,
-                                 resume_target, rng_state, seed_everything)
+from captioner.run_setup import (EXIT_INTERRUPTED, NonFiniteLoss, StopOnSignal, TrainingInterrupted, autocast,
+                                 build_optimizer, build_scheduler, check_same_model, prepare_run_dir, resolve_device,
+                                 restore_rng, resume_target, rng_state, seed_everything)
+from captioner.self_critical import SelfCriticalLoss, check_self_critical_config
 from captioner.vocab import Vocabulary
 
 BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size per machine, else stream
@@ -36,6 +36,7 @@ class Trainer:
 
     def __init__(self, config: Config, resume: str | Path | None = None, log=print) -> None:
         self.config, self.log = config, log
+        check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
         resume = resume_target(resume) if resume else None
         resumed = read_checkpoint(resume) if resume else None  # a bad target fails before anything is written
@@ -67,6 +68,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch())
         self.progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_bleu4": -1.0}
         self.history: list[dict[str, Any]] = []
+        self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
         if resumed:
             self.restore(resumed, resume)
         if self.cluster.is_main:
@@ -85,8 +87,8 @@ class Trainer:
         train = self.config.train
         dataset = self.training_data()
         self.val_inputs = self.inputs(self.validation_records())
-        with _StopOnSignal() as stop:
-            while self.progress["epoch"] < train.epochs and not self.reached_max_steps():
+        with StopOnSignal() as stop:
+            while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
                 self.train_epoch(dataset, stop)
                 self.end_epoch()
                 if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
@@ -128,23 +130,27 @@ class Trainer:
         self.log(f"preprocessed {len(records)} images in {time.perf_counter() - started:.1f}s")
         return bank
 
-    def train_epoch(self, dataset: CaptionedImages, stop: "_StopOnSignal") -> None:
+    def train_epoch(self, dataset: CaptionedImages, stop: StopOnSignal) -> None:
         train, epoch = self.config.train, self.progress["epoch"]
         dataset.epoch = epoch
         batches = epoch_batches(len(dataset), train.batch_size, train.seed, epoch)[self.progress["batch"] :]
         batches = distributed.shard_batches(batches, self.cluster)  # this rank's batch of each step
         loader = make_loader(dataset, batches, self.vocab.pad_id, train.num_workers, self.device.type == "cuda")
         self.model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs}", unit="batch", dynamic_ncols=True,
-                   mininterval=1.0 if self.interactive else 30.0, disable=not self.cluster.is_main)
+        if epoch >= train.epochs:
+            self.start_self_critical_epoch(dataset)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs + train.self_critical_epochs}", unit="batch",
+                   dynamic_ncols=True, mininterval=1.0 if self.interactive else 30.0, disable=not self.cluster.is_main)
         started, captions_seen = time.perf_counter(), 0
-        for inputs, captions in bar:
-            loss = self.train_step(inputs, captions)
+        for indices, (inputs, captions) in zip(batches, bar):
+            loss = self.train_step(inputs, captions, indices)
             self.progress["batch"] += self.cluster.world_size  # global batches done: a resume skips them, whatever W
             captions_seen += captions.size(0) * self.cluster.world_size
             if self.progress["step"] % train.log_every == 0 or self.progress["batch"] == 1:
                 rate = captions_seen / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss:.3f}", captions_per_s=f"{rate:.0f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                reward = {"reward": f"{self.progress['last_reward']:.3f}"} if epoch >= train.epochs else {}
+                bar.set_postfix(loss=f"{loss:.3f}", **reward, captions_per_s=f"{rate:.0f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
             if distributed.any_rank(stop.requested, self.cluster):
                 self.save("last.pt")
                 raise TrainingInterrupted(self.run_dir / "last.pt")
@@ -152,13 +158,42 @@ class Trainer:
                 break
         self.epoch_seconds = time.perf_counter() - started
 
-    def train_step(self, inputs: torch.Tensor, captions: torch.Tensor) -> float:
-        """One optimizer step; inputs are cached features (B, F) with the feature cache, else pixels."""
+    def start_self_critical_epoch(self, dataset: CaptionedImages) -> None:
+        """Self-critical epochs start from the best cross-entropy weights, at their own constant learning
+        rate, with the network as generation sees it (eval mode: see SelfCriticalLoss)."""
+        train = self.config.train
+        distributed.barrier(self.cluster)  # rank 0 has finished writing best.pt
+        if self.progress["epoch"] == train.epochs and self.progress["batch"] == 0 and (self.run_dir / "best.pt").exists():
+            self.model.load_state_dict(read_checkpoint(self.run_dir / "best.pt", map_location=self.device)["model"])
+            self.log(f"self-critical training from best.pt (val BLEU-4 {self.progress['best_bleu4']:.2f})")
+        for group in self.optimizer.param_groups:  # an encoder group keeps its ratio to the decoder's rate
+            group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
+        self.model.eval()
+        if self.self_critical is None:
+            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples, self.config.eval.max_length,
+                                                  train.self_critical_reward)
+
+    def self_critical_loss(self, features: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """SelfCriticalLoss of one batch; its samples depend only on (seed, step), so a resume replays them."""
+        seed = self.config.train.seed * 1_000_003 + self.progress["step"]
+        loss, reward = self.self_critical(self.model, self.training_model, features, indices, seed)
+        self.progress["last_reward"] = reward
+        self.progress["reward_sum"] = self.progress.get("reward_sum", 0.0) + reward  # in progress: resume keeps it
+        self.progress["reward_steps"] = self.progress.get("reward_steps", 0) + 1
+        return loss
+
+    def train_step(self, inputs: torch.Tensor, captions: torch.Tensor, indices: list[int] | None = None) -> float:
+        """One optimizer step; inputs are cached features (B, F) with the feature cache, else pixels.
+        In the self-critical epochs the loss is SelfCriticalLoss over `indices`, the batch's images."""
         inputs, captions = inputs.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
         cached = self.feature_cache is not None
+        critical = self.progress["epoch"] >= self.config.train.epochs
         with autocast(self.config.train.precision, self.device):  # bf16: see run_setup.autocast
-            _, loss = self.training_model(None if cached else inputs, captions, features=inputs if cached else None,
-                                          captions_per_image=self.config.train.captions_per_image)
+            if critical:
+                loss = self.self_critical_loss(inputs if cached else self.model.encoder(inputs), indices)
+            else:
+                _, loss = self.training_model(None if cached else inputs, captions, features=inputs if cached else None,
+                                              captions_per_image=self.config.train.captions_per_image)
         if distributed.any_rank(not torch.isfinite(loss), self.cluster):  # all ranks stop, none waits in backward
             raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"))
         self.optimizer.zero_grad(set_to_none=True)
@@ -170,7 +205,8 @@ class Trainer:
         if self.config.train.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.config.train.grad_clip, norm)
         self.optimizer.step()
-        self.scheduler.step()
+        if not critical:  # the self-critical learning rate is constant
+            self.scheduler.step()
         self.progress["step"] += 1
         self.progress["last_loss"] = loss.item()
         return self.progress["last_loss"]
@@ -185,6 +221,8 @@ class Trainer:
         self.progress["batch"] = 0
         entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
                  "epoch_seconds": round(getattr(self, "epoch_seconds", 0.0), 1), **metrics}
+        if "reward_sum" in self.progress:  # self-critical: mean reward of the epoch's sampled captions
+            entry["train_reward"] = round(self.progress.pop("reward_sum") / self.progress.pop("reward_steps"), 4)
         self.history.append(entry)
         self.log(json.dumps(entry) + f" | e.g. '{captions[0]}'")
         if self.cluster.is_main:
@@ -260,24 +298,6 @@ class Trainer:
 
 def _quiet(message: str) -> None:
     """The log of every rank but 0."""
-
-
-class _StopOnSignal:
-    """First SIGINT/SIGTERM: finish the step, save, exit; a second SIGINT: stop at once."""
-
-    def __enter__(self) -> "_StopOnSignal":
-        self.requested = False
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 __all__ = ["Trainer", "EXIT_INTERRUPTED"]

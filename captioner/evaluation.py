@@ -1,5 +1,5 @@
-"""Evaluation: free-running captions for a split, scored with BLEU-1..4 (and content accuracy on the
-built-in scenes). Validation after each epoch and the final test use this same function, and the
+"""Evaluation: free-running captions for a split, scored with BLEU-1..4, CIDEr-D (and content accuracy
+on the built-in scenes). Validation after each epoch and the final test use this same function, and the
 captions always come from `Captioner.generate`, never from teacher forcing.
 
 Command line (evaluate an existing checkpoint on a split):
@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from captioner.batches import preprocess_file
+from captioner.cider import CiderD
 from captioner.distributed import SINGLE, Cluster, run_sharded
 from captioner.data.records import ImageRecord
 from captioner.metrics import bleu_scores
@@ -49,7 +50,10 @@ def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, 
     model.train(was_training)
     metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "num_images": len(records)}
     references = [[tokenize(text) for text in record.captions] for record in records]
-    metrics.update(bleu_scores([tokenize(text) for text in captions], references))
+    hypotheses = [tokenize(text) for text in captions]
+    metrics.update(bleu_scores(hypotheses, references))
+    if references:  # CIDEr-D ×100, document frequencies from this split's references (as coco-caption)
+        metrics["cider"] = 100.0 * CiderD(references).corpus_score(hypotheses, references)
     metrics["distinct_captions"] = len(set(captions))
     if records and all(record.scene is not None for record in records):
         from captioner.data.content import content_accuracy

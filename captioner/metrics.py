@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from nltk.translate.bleu_score import corpus_bleu
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 # Cumulative n-gram weights: BLEU-N is the geometric mean of p_1..p_N with equal weights.
 BLEU_WEIGHTS: dict[str, tuple[float, ...]] = {
@@ -76,6 +76,21 @@ def bleu_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Toke
         has_zero_precision = any(order <= len(weights) for order in zero_match_orders)
         scores[name] = 0.0 if has_zero_precision else 100.0 * float(raw_score)
     return scores
+
+
+def sentence_bleu4(hypothesis: Tokens, references: Sequence[Tokens]) -> float:
+    """BLEU-4 of one caption in [0, 1], the reward of self-critical training (self_critical.py).
+
+    One caption rarely matches a 4-gram, and unsmoothed BLEU-4 would then be 0 for good and bad captions
+    alike: a zero count is replaced by 0.1 (Chen & Cherry 2014, smoothing 1), so each match still counts."""
+    if not hypothesis:
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(sentence_bleu([list(r) for r in references], list(hypothesis), smoothing_function=_SMOOTHING))
+
+
+_SMOOTHING = SmoothingFunction(epsilon=0.1).method1
 
 
 def _check_inputs(hypotheses: Sequence[Any], references: Sequence[Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,21 @@ def restore_rng(state: dict[str, Any]) -> None:
 def _as_tuple(value: Any) -> Any:
     """random.setstate needs tuples; a save/load round trip may hand back lists."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM: finish the step, save, exit; a second SIGINT: stop at once."""
+
+    def __enter__(self) -> "StopOnSignal":
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

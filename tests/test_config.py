@@ -28,6 +28,17 @@ def test_overrides_are_typed_and_nested():
     assert config.data.synthetic.num_train == 10
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 (PyYAML) reads 2e-4 as the string "2e-4"; a float field takes it as 0.0002, from the CLI and a file
+    path = tmp_path / "rates.yaml"
+    path.write_text("train:\n  learning_rate: 4e-4\n")
+    config = load_config(path, ["train.self_critical_learning_rate=2E-5"])
+    assert config.train.learning_rate == 4e-4 and config.train.self_critical_learning_rate == 2e-5
+    with pytest.raises(ConfigError, match="train.learning_rate: expected float"):
+        load_config(None, ["train.learning_rate=2e-4x"])
+    assert load_config(None, ["run_dir=1e5"]).run_dir == "1e5"  # only float fields convert: a name stays a name
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("train.epoch=3", "train.epoch: unknown key"),
     ("train.epochs=three", "train.epochs: expected int"),

@@ -46,7 +46,7 @@ def test_a_few_training_steps_on_the_real_sample(tmp_path):
     assert len(trainer.splits["train"]) == 753 and len(trainer.splits["val"]) == 113
     trainer.splits = {"train": trainer.splits["train"][:64], "val": trainer.splits["val"][:16], "test": []}
     losses, train_step = [], trainer.train_step
-    trainer.train_step = lambda inputs, captions: losses.append(train_step(inputs, captions)) or losses[-1]
+    trainer.train_step = lambda *batch: losses.append(train_step(*batch)) or losses[-1]
     metrics = trainer.fit()
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.3, losses
     assert metrics["split"] == "val" and metrics["num_images"] == 16 and metrics["beam_size"] == 3

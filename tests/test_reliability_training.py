@@ -50,8 +50,8 @@ def after_each_step(monkeypatch, hook) -> list[float]:
     losses: list[float] = []
     original = engine.Trainer.train_step
 
-    def recorded_step(self, inputs, captions):
-        losses.append(original(self, inputs, captions))
+    def recorded_step(self, *batch):
+        losses.append(original(self, *batch))
         hook(self)
         return losses[-1]
 
@@ -63,9 +63,9 @@ def before_each_step(monkeypatch, hook) -> None:
     """Call hook(trainer) before every optimizer step (progress["step"] is the number done so far)."""
     original = engine.Trainer.train_step
 
-    def hooked_step(self, inputs, captions):
+    def hooked_step(self, *batch):
         hook(self)
-        return original(self, inputs, captions)
+        return original(self, *batch)
 
     monkeypatch.setattr(engine.Trainer, "train_step", hooked_step)
 
@@ -147,7 +147,7 @@ def stop_after(monkeypatch, steps: int | None) -> list[float]:
 
     def maybe_interrupt(trainer) -> None:
         if trainer.progress["step"] == steps:
-            assert isinstance(getattr(signal.getsignal(signal.SIGINT), "__self__", None), engine._StopOnSignal)
+            assert isinstance(getattr(signal.getsignal(signal.SIGINT), "__self__", None), engine.StopOnSignal)
             signal.raise_signal(signal.SIGINT)
 
     return after_each_step(monkeypatch, maybe_interrupt)
@@ -183,6 +183,25 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data_root, straight_run
     assert without_time == [{k: v for k, v in entry.items() if k != "epoch_seconds"} for entry in straight["history"]]
 
 
+def test_resume_inside_the_self_critical_epochs_reproduces_the_uninterrupted_run(data_root, tmp_path, monkeypatch):
+    # one cross-entropy epoch, then one self-critical epoch; stopped at its 2nd step and resumed
+    extra = ("train.epochs=1", "train.self_critical_epochs=1")
+    with pytest.MonkeyPatch.context() as straight_patch:
+        straight_losses = stop_after(straight_patch, None)
+        engine.Trainer(tiny_config(data_root, tmp_path / "straight", *extra), log=lambda message: None).fit()
+    run_dir, log = tmp_path / "run", []
+    losses = stop_after(monkeypatch, STEPS_PER_EPOCH + 2)
+    with pytest.raises(TrainingInterrupted):
+        engine.Trainer(tiny_config(data_root, run_dir, *extra), log=log.append).fit()
+    engine.Trainer(tiny_config(data_root, run_dir, *extra), resume=run_dir / "last.pt", log=log.append).fit()
+    assert len(losses) == 2 * STEPS_PER_EPOCH and losses == straight_losses  # the same samples, the same steps
+    assert sum("self-critical training from best.pt" in line for line in log) == 1  # not reloaded mid-epoch
+    resumed, straight = (torch.load(d / "last.pt", weights_only=True) for d in (run_dir, tmp_path / "straight"))
+    assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
+    assert [entry.get("train_reward") for entry in resumed["history"]] == [
+        entry.get("train_reward") for entry in straight["history"]]
+
+
 def test_signal_during_validation_stops_right_after_the_epoch_is_saved(data_root, tmp_path, monkeypatch):
     real_evaluate = engine.evaluate
 
@@ -205,12 +224,12 @@ SLOW_STEPS = """
 import sys, time
 from captioner import engine
 original = engine.Trainer.train_step
-def slow_step(self, inputs, captions):
+def slow_step(self, *batch):
     print(f"starting step {self.progress['step'] + 1}", flush=True)
     deadline = time.perf_counter() + float(sys.argv[1])
     while time.perf_counter() < deadline:
         time.sleep(0.01)
-    return original(self, inputs, captions)
+    return original(self, *batch)
 engine.Trainer.train_step = slow_step
 import train
 sys.exit(train.main(sys.argv[2:]))

@@ -17,6 +17,7 @@ def test_train_writes_checkpoints_and_metrics(tiny_run):
     assert metrics["split"] == "test" and metrics["beam_size"] == 2 and metrics["num_images"] == 16
     for key in ("bleu1", "bleu2", "bleu3", "bleu4", "content_accuracy"):
         assert 0.0 <= metrics[key] <= 100.0, key
+    assert 0.0 < metrics["cider"] <= 1000.0  # CIDEr-D x100 (10 per reference-identical caption)
     assert len(metrics["history"]) == 2
     for name in ("best.pt", "last.pt", "config.yaml", "history.jsonl"):
         assert (tiny_run / name).is_file(), name
