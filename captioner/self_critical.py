@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from captioner.cider import CiderD
+from captioner.config import TrainConfig
 from captioner.data.records import ImageRecord
 from captioner.metrics import sentence_bleu4
 from captioner.vocab import tokenize
@@ -28,7 +29,7 @@ REWARDS = ("cider", "bleu4")  # CIDEr-D (coco-caption's, x10 scale) | smoothed s
 Forward = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # Captioner.forward, possibly DDP-wrapped
 
 
-def check_self_critical_config(train) -> None:
+def check_self_critical_config(train: TrainConfig) -> None:
     """Refuse bad train.self_critical_* settings before any training (the phase starts epochs later)."""
     if train.self_critical_epochs < 0:
         raise ValueError(f"train.self_critical_epochs={train.self_critical_epochs}: expected 0 (off) or more")

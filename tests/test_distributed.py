@@ -37,11 +37,12 @@ SCORE_KEYS = ("num_images", "beam_size", "bleu1", "bleu2", "bleu3", "bleu4", "di
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def torchrun(*arguments: str) -> subprocess.CompletedProcess:
-    """train.py under torchrun with 2 CPU processes; the environment of a plain shell (no torchrun variables)."""
+def torchrun(*arguments: str, script: Path = REPO / "train.py") -> subprocess.CompletedProcess:
+    """train.py (or a script that wraps it) under torchrun with 2 CPU processes; the environment of a plain
+    shell (no torchrun variables)."""
     environment = {key: value for key, value in os.environ.items() if key not in TORCHRUN_VARS}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-               str(REPO / "train.py"), "--config", CONFIG, *arguments, "train.device=cpu"]  # gloo, even beside a GPU
+               str(script), "--config", CONFIG, *arguments, "train.device=cpu"]  # gloo, even beside a GPU
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, env=environment)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -119,6 +120,36 @@ def test_ddp_run_resumes(ddp_run, data_root, tmp_path):
     checkpoint = torch.load(resumed_dir / "last.pt", weights_only=True)
     assert checkpoint["progress"]["epoch"] == 3 and checkpoint["progress"]["step"] == 6
     assert [entry["epoch"] for entry in checkpoint["history"]] == [1, 2, 3]
+
+
+REPORT_WEIGHTS = """
+import sys
+from captioner import engine
+test = engine.Trainer.test
+def report_then_test(self):  # before test() loads best.pt into every rank
+    total = sum(p.detach().double().sum().item() for p in self.model.parameters())
+    print(f"rank {self.cluster.rank} weights {total!r}", flush=True)
+    return test(self)
+engine.Trainer.test = report_then_test
+sys.path.insert(0, REPOSITORY)
+import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_self_critical_epochs_keep_the_ranks_in_step(ddp_run, data_root, tmp_path):
+    # The self-critical loss must go through the DDP wrapper: a loss computed beside it would give each
+    # rank its own gradient, and the ranks' weights would drift apart without any error.
+    run_dir, _ = ddp_run
+    script = tmp_path / "report_weights.py"
+    script.write_text(REPORT_WEIGHTS.replace("REPOSITORY", repr(str(REPO))))
+    result = torchrun("--resume", str(run_dir / "last.pt"), *tiny_overrides(data_root, tmp_path / "run"),
+                      *EVAL_BATCH, "train.self_critical_epochs=1", script=script)
+    weights = sorted(line for line in result.stdout.splitlines() if " weights " in line)
+    assert [line.split()[1] for line in weights] == ["0", "1"]
+    assert weights[0].split()[-1] == weights[1].split()[-1], weights
+    reported = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[-1])
+    assert reported["epoch"] == 3 and reported["train_reward"] >= 0.0
 
 
 def test_without_torchrun_there_is_no_process_group(monkeypatch):
