@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     default = str(DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else DEFAULT_CONFIG)
     specs = args.models or [default, str(LARGEST_ENCODER_CONFIG)]
-    with torch.inference_mode():
-        results = benchmark(specs, args.beams, args.runs, args.warmup, args.max_length, args.vocab_size)
+    results = benchmark(specs, args.beams, args.runs, args.warmup, args.max_length, args.vocab_size)  # no_grad, as the demo
     machine = {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
                "threads": args.threads, "load_average_1min": round(os.getloadavg()[0], 2),
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,

@@ -115,8 +115,11 @@ def decoding_step(owner: nn.Module, layer: int, x: Tensor, h: Tensor, c: Tensor,
     while the parameters are unchanged (same storage, same version counter): a whole beam search, all its
     steps and rows, shares them. x (B, E), h and c (B, H) -> (h_t, c_t)."""
     B, H = h.shape
-    version = tuple((w.data_ptr(), w._version) for w in weights.values())
-    joined = _DECODING.setdefault(owner, {})
+    # Parameters made under torch.inference_mode keep no version counter, so an in-place change would go
+    # unseen: join them afresh at every step (slower, never stale).
+    cacheable = not any(w.is_inference() for w in weights.values())
+    version = tuple((w.data_ptr(), w._version) for w in weights.values()) if cacheable else None
+    joined = _DECODING.setdefault(owner, {}) if cacheable else {}
     if len(joined) > 16:  # many batch sizes seen (e.g. a demo): start afresh rather than grow
         joined.clear()
     entry = joined.get((layer, B))

@@ -172,6 +172,24 @@ def test_decoding_step_matches_readable_step_and_follows_weight_changes(onednn):
                 twin.add_(0.1)
 
 
+def test_decoding_a_model_built_under_inference_mode_follows_in_place_changes():
+    # Parameters created under torch.inference_mode are inference tensors: they have no version counter
+    # (reading it raises), so nothing may be cached for them, and an in-place change must still show.
+    with torch.inference_mode():
+        module = StackedLSTM(6, 8, 2)
+        reference = StackedLSTM(6, 8, 2, fast=False)
+        reference.load_state_dict(module.state_dict())
+        x_t, state = torch.randn(5, 6), (torch.randn(2, 5, 8), torch.randn(2, 5, 8))
+        for _ in range(2):
+            top, _ = module.step(x_t, state)
+            expected_top, _ = reference.step(x_t, state)
+            assert (top - expected_top).abs().max() <= 1e-5
+            for parameter, twin in zip(module.parameters(), reference.parameters()):
+                parameter.add_(0.1)
+                twin.add_(0.1)
+    assert module not in fast_lstm._DECODING
+
+
 def test_step_with_gradients_or_records_keeps_the_readable_cell():
     module = StackedLSTM(6, 8, 1)
     x_t = torch.randn(3, 6, requires_grad=True)
