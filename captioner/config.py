@@ -72,6 +72,7 @@ class ModelConfig:
     #   current: h_t looks, context into the output (Lu et al. 2017); no loop over time in training
     attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size
     image_fit: str = "crop"  # how a photo becomes the backbone's square input: crop (centre) | stretch (whole)
+    image_size: int = 0  # side of the backbone's input in pixels; 0 = the size it was trained at
     region_positions: bool = True  # add a learned embedding of each region's grid cell (attention.py)
 
 

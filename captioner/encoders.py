@@ -151,12 +151,23 @@ class Encoder(nn.Module):
         return self.backbone(x)  # (B, F)
 
 
-def build_encoder(name: str, pretrained: bool = False, image_fit: str = "crop") -> Encoder:
-    """Build a backbone by name. Tests and the default config use no downloaded weights."""
+def build_encoder(name: str, pretrained: bool = False, image_fit: str = "crop", image_size: int = 0) -> Encoder:
+    """Build a backbone by name. Tests and the default config use no downloaded weights.
+
+    image_size > 0 feeds the backbone larger (or smaller) squares than it was trained on, the resize
+    scaled alike. Networks trained on random crops see objects larger than a centre crop shows them, so
+    they often do better a little above their training size (Touvron et al. 2019, "FixRes"); the
+    feature map grows with it (EfficientNet-Lite0: 7x7 at 224, 9x9 at 288)."""
     if image_fit not in ("crop", "stretch"):
         raise EncoderError(f"model.image_fit={image_fit!r}: expected crop or stretch")
     encoder = _build_backbone(name, pretrained)
-    encoder.preprocessing = replace(encoder.preprocessing, fit=image_fit)
+    spec = encoder.preprocessing
+    if image_size < 0 or (image_size and name == "small_cnn" and image_size != spec.image_size):
+        raise EncoderError(f"model.image_size={image_size}: expected 0 (the backbone's own) or a side in pixels"
+                           f"{'; small_cnn takes 64 only' if name == 'small_cnn' else ''}")
+    if image_size:
+        spec = replace(spec, image_size=image_size, resize_size=round(spec.resize_size * image_size / spec.image_size))
+    encoder.preprocessing = replace(spec, fit=image_fit)
     return encoder
 
 

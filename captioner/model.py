@@ -81,7 +81,7 @@ class Captioner(nn.Module):
         model = config.model
         self.config = config
         self.vocab = vocab
-        self.encoder = encoder or build_encoder(model.backbone, model.pretrained, model.image_fit)
+        self.encoder = encoder or build_encoder(model.backbone, model.pretrained, model.image_fit, model.image_size)
         if model.freeze_encoder:
             self.encoder.freeze(model.finetune_blocks)
         elif model.finetune_blocks:

@@ -111,6 +111,21 @@ def test_stretch_keeps_what_the_crop_cuts_off_and_has_its_own_cache(tmp_path):
         build_encoder("small_cnn", image_fit="pad")
 
 
+def test_a_larger_input_size_scales_the_resize_grows_the_map_and_has_its_own_cache(tmp_path):
+    own, larger = (build_encoder("efficientnet_lite0", image_size=size) for size in (0, 288))
+    assert (own.preprocessing.image_size, own.preprocessing.resize_size) == (224, 224)
+    assert (larger.preprocessing.image_size, larger.preprocessing.resize_size) == (288, 288)
+    assert larger.preprocess(Image.new("RGB", (400, 300))).shape == (3, 288, 288)
+    assert (own.use_regions(), own.num_regions, larger.use_regions(), larger.num_regions) == (1280, 49, 1280, 81)
+    resnet = build_encoder("resnet18", image_size=448).preprocessing
+    assert (resnet.image_size, resnet.resize_size) == (448, 512)  # torchvision's 256/224 ratio kept
+    keys = {FeatureCache(tmp_path / "cache", encoder, log=quiet).key for encoder in (own, larger)}
+    assert len(keys) == 2
+    for size, fragment in ((-1, "expected 0"), (96, "small_cnn takes 64 only")):
+        with pytest.raises(EncoderError, match=f"model.image_size={size}: .*{fragment}"):
+            build_encoder("small_cnn", image_size=size)
+
+
 def test_changed_image_file_is_encoded_again_alone(tmp_path):
     records = write_images(tmp_path / "images", 4)
     encoder = small_encoder()
