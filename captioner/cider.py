@@ -63,12 +63,13 @@ class CiderD:
         for reference in references:
             reference_vectors, reference_norms = self.reference_vector(reference)
             penalty = math.exp(-((_length(candidate) - _length(reference)) ** 2) / (2 * SIGMA**2))  # e^{-Δℓ²/2σ²}
-            for vector, norm, reference_vector, reference_norm in zip(vectors, norms, reference_vectors, reference_norms):
-                if norm == 0 or reference_norm == 0:
+            for n in range(ORDERS):
+                if norms[n] == 0 or reference_norms[n] == 0:
                     continue
+                reference_vector = reference_vectors[n]
                 overlap = sum(min(weight, reference_vector[gram]) * reference_vector[gram]
-                              for gram, weight in vector.items() if gram in reference_vector)
-                total += penalty * overlap / (norm * reference_norm)
+                              for gram, weight in vectors[n].items() if gram in reference_vector)
+                total += penalty * overlap / (norms[n] * reference_norms[n])  # clipped cosine of the n-gram vectors
         return 10.0 * total / (ORDERS * len(references))
 
     def corpus_score(self, candidates: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:

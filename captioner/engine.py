@@ -163,15 +163,16 @@ class Trainer:
         rate, with the network as generation sees it (eval mode: see SelfCriticalLoss)."""
         train = self.config.train
         distributed.barrier(self.cluster)  # rank 0 has finished writing best.pt
-        if self.progress["epoch"] == train.epochs and self.progress["batch"] == 0 and (self.run_dir / "best.pt").exists():
+        at_switch = self.progress["epoch"] == train.epochs and self.progress["batch"] == 0  # not mid-epoch (resume)
+        if at_switch and (self.run_dir / "best.pt").exists():
             self.model.load_state_dict(read_checkpoint(self.run_dir / "best.pt", map_location=self.device)["model"])
             self.log(f"self-critical training from best.pt (val BLEU-4 {self.progress['best_bleu4']:.2f})")
         for group in self.optimizer.param_groups:  # an encoder group keeps its ratio to the decoder's rate
             group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
         self.model.eval()
         if self.self_critical is None:
-            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples, self.config.eval.max_length,
-                                                  train.self_critical_reward)
+            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples,
+                                                  self.config.eval.max_length, train.self_critical_reward)
 
     def self_critical_loss(self, features: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """SelfCriticalLoss of one batch; its samples depend only on (seed, step), so a resume replays them."""
