@@ -76,11 +76,15 @@ class CaptionedImages(Dataset):
 def collate(items: list[tuple[torch.Tensor, list[list[int]]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """-> pixels (B, 3, S, S) and captions (B*C, L) padded; rows b*C .. b*C+C-1 belong to image b."""
     pixels = torch.stack([item[0] for item in items])
-    sequences = [caption for item in items for caption in item[1]]
-    captions = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
+    return pixels, pad_sequences([caption for item in items for caption in item[1]], pad_id)
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Token lists -> (N, longest) long tensor, each row padded on the right with pad_id."""
+    padded = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        captions[row, : len(sequence)] = torch.tensor(sequence)
-    return pixels, captions
+        padded[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+    return padded
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -79,9 +79,14 @@ def repeated_ngram_words(history: torch.Tensor, n: int, V: int) -> torch.Tensor:
 
 
 def sample(step: StepFunction, state: State, start_id: int, end_id: int, max_length: int = 20,
-           temperature: float = 1.0, seed: int | None = None) -> list[Generation]:
-    """Draw one caption per image from softmax(logits / temperature)."""
-    B, device = state[0].size(1), state[0].device
+           temperature: float = 1.0, seed: int | None = None, num_samples: int = 1) -> list[Generation]:
+    """Draw num_samples captions per image from softmax(logits / temperature): one Generation per
+    image, its samples as the alternatives (ranked like beams). The image state is repeated, not
+    recomputed, for the samples of one image (rows b*num_samples + k, as in beam search)."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    state = tuple(s.repeat_interleave(num_samples, dim=1) for s in state)  # (L, B*K, H)
+    B, device = state[0].size(1), state[0].device  # B counts rows: images x samples
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     tokens = torch.full((B,), start_id, dtype=torch.long, device=device)
@@ -98,8 +103,8 @@ def sample(step: StepFunction, state: State, start_id: int, end_id: int, max_len
         finished |= tokens == end_id
         if bool(finished.all()):
             break
-    history = torch.stack(words, dim=1).unsqueeze(1)  # (B, 1, T)
-    return _collect(history, scores.unsqueeze(1), finished.unsqueeze(1), end_id, 0.0)
+    history = torch.stack(words, dim=1).view(B // num_samples, num_samples, -1)  # (images, K, T)
+    return _collect(history, scores.view(-1, num_samples), finished.view(-1, num_samples), end_id, 0.0)
 
 
 def _collect(history: torch.Tensor, scores: torch.Tensor, finished: torch.Tensor, end_id: int,

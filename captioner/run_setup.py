@@ -55,7 +55,9 @@ def resume_target(path: str | Path) -> Path:
 def check_same_model(saved: dict[str, Any], config: Config, path: str | Path) -> None:
     """Resume only into the same model: name the first differing model.* key with both values."""
     saved_model = saved.get("model") if isinstance(saved, dict) else None
-    saved_model, current = saved_model if isinstance(saved_model, dict) else {}, to_dict(config)["model"]
+    current = to_dict(config)["model"]
+    # A key the saving version did not have yet reads as its default, as loading that checkpoint does.
+    saved_model = {**to_dict(Config())["model"], **saved_model} if isinstance(saved_model, dict) else {}
     for key in sorted(set(saved_model) | set(current)):
         if saved_model.get(key) != current.get(key):
             raise CheckpointError(f"{path}: model.{key} is {saved_model.get(key)!r} in the checkpoint but "

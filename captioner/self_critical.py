@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from captioner.batches import pad_sequences
 from captioner.cider import CiderD
 from captioner.config import TrainConfig
 from captioner.data.records import ImageRecord
+from captioner.decoding import Generation
 from captioner.metrics import sentence_bleu4
 from captioner.vocab import tokenize
 
@@ -64,12 +66,12 @@ class SelfCriticalLoss:
         Run with the model in eval mode: the words are sampled without dropout, so the teacher-forced
         pass that computes their log-probabilities must see the same network (no dropout) to be on-policy."""
         K, vocab = self.samples, model.vocab
-        repeated = features.repeat_interleave(K, dim=0)  # (B*K, ...): rows b*K .. b*K+K-1 are image b
-        generations = model.generate(features=repeated, temperature=1.0, max_length=self.max_length, seed=seed)
-        rewards = torch.tensor([self.reward(generation.words[0], self.references[indices[row // K]])
-                                for row, generation in enumerate(generations)]).view(-1, K)  # (B, K)
+        generations = model.generate(features=features, temperature=1.0, max_length=self.max_length, seed=seed,
+                                     num_samples=K)  # one per image, its K samples as alternatives
+        rewards = torch.tensor([[self.reward(words, self.references[index]) for words in generation.words]
+                                for index, generation in zip(indices, generations)])  # (B, K)
         baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (K - 1)  # (B, K) b^k: mean of the others
-        advantage = (rewards - baseline).view(-1).to(features.device)  # (B*K,)
+        advantage = (rewards - baseline).view(-1).to(features.device)  # (B*K,): row b*K + k
         tokens = sampled_tokens(generations, vocab.start_id, vocab.end_id, vocab.pad_id).to(features.device)
         logits, _ = forward(None, tokens, features=features, captions_per_image=K)  # (B*K, T-1, V)
         targets = tokens[:, 1:]  # (B*K, T-1) the sampled words and <end>
@@ -79,11 +81,8 @@ class SelfCriticalLoss:
         return loss, rewards.mean().item()
 
 
-def sampled_tokens(generations, start_id: int, end_id: int, pad_id: int) -> torch.Tensor:
-    """One sampled caption per generation as <start> w_1 .. w_n <end> <pad>.. (B, T); a caption that
-    reached the length limit has no <end>, and no log-probability is counted for one."""
-    rows = [[start_id, *g.token_ids[0], *([end_id] if g.finished[0] else [])] for g in generations]
-    tokens = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
-    for index, row in enumerate(rows):
-        tokens[index, : len(row)] = torch.tensor(row)
-    return tokens
+def sampled_tokens(generations: Sequence[Generation], start_id: int, end_id: int, pad_id: int) -> torch.Tensor:
+    """Every alternative of every generation as <start> w_1 .. w_n <end> <pad>.. (B*K, T), rows b*K + k;
+    a caption that reached the length limit has no <end>, and no log-probability is counted for one."""
+    return pad_sequences([[start_id, *tokens, *([end_id] if finished else [])]
+                          for g in generations for tokens, finished in zip(g.token_ids, g.finished)], pad_id)

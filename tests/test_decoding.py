@@ -103,3 +103,24 @@ def test_sampling_is_seeded_and_temperature_zero_is_beam():
         state = model.decoder.start(model.encoder(images))
         drawn = sample(model.decoder.step, state, model.vocab.start_id, model.vocab.end_id, 10, 0.5, seed=0)
     assert all(len(g.token_ids[0]) <= 10 for g in drawn)
+
+
+def test_several_samples_per_image_repeat_the_image_state_and_differ():
+    torch.manual_seed(0)
+    V, B, K = 7, 3, 4
+    table = torch.randn(B, V)  # the image decides the distribution; the state is (h, c) with the image in h
+
+    def step(tokens, state):
+        h, c = state
+        return torch.log_softmax(table[h[0, :, 0].long()], dim=-1), state
+
+    image_state = (torch.arange(B, dtype=torch.float).view(1, B, 1), torch.zeros(1, B, 1))
+    generations = sample(step, image_state, start_id=0, end_id=1, max_length=6, seed=3, num_samples=K)
+    assert len(generations) == B and all(len(g.token_ids) == K for g in generations)
+    for b, generation in enumerate(generations):
+        for tokens, log_p in zip(generation.token_ids, generation.log_probs):  # each scored under its own image
+            full = tokens + [1] if len(tokens) < 6 else tokens
+            assert log_p == pytest.approx(torch.log_softmax(table[b], -1)[full].sum().item(), abs=1e-5)
+    assert len({tuple(t) for g in generations for t in g.token_ids}) > B  # not one caption repeated K times
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        sample(step, image_state, 0, 1, num_samples=0)

@@ -126,9 +126,10 @@ REPORT_WEIGHTS = """
 import sys
 from captioner import engine
 test = engine.Trainer.test
-def report_then_test(self):  # before test() loads best.pt into every rank
+def report_then_test(self):  # before test() loads best.pt into every rank; a file each: stdout interleaves
     total = sum(p.detach().double().sum().item() for p in self.model.parameters())
-    print(f"rank {self.cluster.rank} weights {total!r}", flush=True)
+    with open(f"WEIGHTS_DIRECTORY/rank{self.cluster.rank}.txt", "w") as handle:
+        handle.write(repr(total))
     return test(self)
 engine.Trainer.test = report_then_test
 sys.path.insert(0, REPOSITORY)
@@ -142,12 +143,11 @@ def test_self_critical_epochs_keep_the_ranks_in_step(ddp_run, data_root, tmp_pat
     # rank its own gradient, and the ranks' weights would drift apart without any error.
     run_dir, _ = ddp_run
     script = tmp_path / "report_weights.py"
-    script.write_text(REPORT_WEIGHTS.replace("REPOSITORY", repr(str(REPO))))
-    result = torchrun("--resume", str(run_dir / "last.pt"), *tiny_overrides(data_root, tmp_path / "run"),
-                      *EVAL_BATCH, "train.self_critical_epochs=1", script=script)
-    weights = sorted(line for line in result.stdout.splitlines() if " weights " in line)
-    assert [line.split()[1] for line in weights] == ["0", "1"]
-    assert weights[0].split()[-1] == weights[1].split()[-1], weights
+    script.write_text(REPORT_WEIGHTS.replace("REPOSITORY", repr(str(REPO))).replace("WEIGHTS_DIRECTORY", str(tmp_path)))
+    torchrun("--resume", str(run_dir / "last.pt"), *tiny_overrides(data_root, tmp_path / "run"), *EVAL_BATCH,
+             "train.self_critical_epochs=1", script=script)
+    weights = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert weights[0] == weights[1], weights
     reported = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[-1])
     assert reported["epoch"] == 3 and reported["train_reward"] >= 0.0
 

@@ -148,7 +148,8 @@ def test_lite2_weights_with_the_encoders_own_preprocessing_recognise_photos() ->
     skimage_data = pytest.importorskip("skimage.data")
     from captioner.encoders import build_encoder
 
-    encoder = build_encoder("efficientnet_lite2", pretrained=True).eval()
+    assert lite.scaled_stages(width=1.0, depth=1.0) == lite.LITE0_STAGES  # the rule leaves Lite0 as it is
+    encoder = build_encoder("efficientnet_lite2", pretrained=True).eval()  # the scaled stages load strictly
     assert len(encoder.backbone[0].blocks) == 21 and encoder.feature_dim == lite.FEATURE_CHANNELS
     pixels = torch.stack([encoder.preprocess(Image.fromarray(getattr(skimage_data, name)())) for name in PHOTO_CLASSES])
     assert pixels.shape == (3, 3, 260, 260) and pixels.dtype == torch.uint8

@@ -20,7 +20,7 @@ from captioner import CheckpointError, load_checkpoint
 from captioner.checkpoint import save_checkpoint
 from captioner.config import load_config, to_dict
 from captioner.evaluation import main as evaluation_main
-from captioner.run_setup import resume_target
+from captioner.run_setup import check_same_model, resume_target
 from captioner.vocab import Vocabulary
 from conftest import REPO, tiny_overrides
 from test_checkpoint import _Exploit, payload
@@ -104,6 +104,17 @@ def test_bad_resume_target_is_refused_before_anything_is_written(tmp_path, capsy
     assert expected in output.err, output.err
     assert not (tmp_path / "new-run").exists()  # no run directory, no checkpoint, no fresh start
     assert "data:" not in output.out
+
+
+def test_a_checkpoint_from_before_a_model_key_existed_still_resumes(tmp_path):
+    # Saved by a version without model.image_size: the missing key is its default, as load_checkpoint reads it.
+    config = load_config(CONFIG, tiny_overrides(tmp_path / "data", tmp_path / "run"))
+    saved = to_dict(config)
+    del saved["model"]["image_size"]
+    check_same_model(saved, config, "old.pt")  # no error
+    saved["model"]["hidden_size"] += 1
+    with pytest.raises(CheckpointError, match="old.pt: model.hidden_size is 49 in the checkpoint but 48"):
+        check_same_model(saved, config, "old.pt")
 
 
 def test_resume_directory_means_its_last_pt(tmp_path):

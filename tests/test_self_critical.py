@@ -46,14 +46,15 @@ def test_cider_d_prefers_the_consensus_and_punishes_repeats_and_length():
         CiderD([])
 
 
-def generations_of(rows: list[list[int]], finished: list[bool], words: list[list[str]]) -> list[Generation]:
-    return [Generation([row], [0.0], [done], [text]) for row, done, text in zip(rows, finished, words)]
+def generations_of(rows: list[list[int]], finished: list[bool], words: list[list[str]], K: int) -> list[Generation]:
+    """Images of K samples each, as Captioner.generate(num_samples=K) returns them."""
+    return [Generation(rows[b : b + K], [0.0] * K, finished[b : b + K], words[b : b + K]) for b in range(0, len(rows), K)]
 
 
-def test_sampled_tokens_frame_each_caption():
-    tokens = sampled_tokens(generations_of([[5, 6], [7], [8, 9, 10]], [True, True, False], [[], [], []]),
-                            start_id=1, end_id=2, pad_id=0)
-    assert tokens.tolist() == [[1, 5, 6, 2], [1, 7, 2, 0], [1, 8, 9, 10]]  # the cut-off caption has no <end>
+def test_sampled_tokens_frame_each_caption_image_by_image():
+    generations = generations_of([[5, 6], [7], [8, 9, 10], [11]], [True, True, False, True], [[]] * 4, K=2)
+    tokens = sampled_tokens(generations, start_id=1, end_id=2, pad_id=0)
+    assert tokens.tolist() == [[1, 5, 6, 2], [1, 7, 2, 0], [1, 8, 9, 10], [1, 11, 2, 0]]  # cut off: no <end>
 
 
 class FakeModel:
@@ -62,9 +63,9 @@ class FakeModel:
     def __init__(self, rows, words, vocab):
         self.rows, self.words, self.vocab = rows, words, vocab
 
-    def generate(self, features, temperature, max_length, seed):
-        assert temperature == 1.0 and features.size(0) == len(self.rows)
-        return generations_of(self.rows, [True] * len(self.rows), self.words)
+    def generate(self, features, temperature, max_length, seed, num_samples):
+        assert temperature == 1.0 and features.size(0) * num_samples == len(self.rows)
+        return generations_of(self.rows, [True] * len(self.rows), self.words, num_samples)
 
 
 def test_loss_is_reinforce_with_the_mean_of_the_other_samples_as_baseline(tmp_path):
@@ -111,16 +112,15 @@ def test_self_critical_epochs_start_from_the_best_checkpoint_at_a_constant_rate(
                                                          "train.self_critical_learning_rate=3e-4"])
     log, rates = [], []
     trainer = engine.Trainer(config, log=log.append)
-    best_weights = {}
     original_start = trainer.start_self_critical_epoch
 
     def start(dataset):
-        if not best_weights:
-            best_weights.update(torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"])
-            trainer.model.decoder.output.bias.data.add_(1.0)  # what the run must throw away at the switch
+        if not rates:  # the switch: best.pt must replace whatever the weights are now
+            best_weights = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
+            trainer.model.decoder.output.bias.data.add_(1.0)
         original_start(dataset)
         assert not trainer.model.training  # sampling and scoring see the same network (no dropout)
-        if len(best_weights) and not rates:
+        if not rates:
             assert all(torch.equal(v, best_weights[k]) for k, v in trainer.model.state_dict().items())
         rates.append(trainer.optimizer.param_groups[0]["lr"])
 
