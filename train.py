@@ -3,7 +3,7 @@
     python train.py                                   # built-in shapes dataset, configs/shapes.yaml
     python train.py --config configs/shapes.yaml train.epochs=3 model.cell=gru
     python train.py --resume runs/shapes/last.pt      # continue an interrupted run
-    torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/distributed.py)
+    torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/training/distributed.py)
     python train.py --config configs/scorer.yaml      # a `task: scorer` config: the image–sentence scorer
 
 Every config key can be overridden as a dotted key=value word. At the end the best checkpoint is
@@ -23,10 +23,10 @@ import sys
 from captioner.checkpoint import CheckpointError
 from captioner.config import ConfigError, load_config
 from captioner.data.records import DatasetFormatError
-from captioner.encoders import EncoderError
-from captioner.run_setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
-from captioner.train_scorer import is_scorer_config
-from captioner.train_scorer import main as train_scorer
+from captioner.encoders.backbones import EncoderError
+from captioner.scorer.training import is_scorer_config
+from captioner.scorer.training import main as train_scorer
+from captioner.training.setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
 
 DEFAULT_CONFIG = "configs/shapes.yaml"
 
@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="checkpoint to continue from (e.g. runs/shapes/last.pt), or a run directory: its last.pt")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
-    if is_scorer_config(args.config):  # captioner/train_scorer.py trains and measures the scorer
+    if is_scorer_config(args.config):  # captioner/scorer/training.py trains and measures the scorer
         if args.resume:
             parser.error("--resume: a scorer run (task: scorer) cannot be resumed; start it again")
         return train_scorer(["--config", args.config, *args.overrides])
     try:
         config = load_config(args.config, args.overrides)
-        from captioner.engine import Trainer  # after the config check: a bad key fails before torch loads
+        from captioner.training.trainer import Trainer  # after the config check: a bad key fails before torch loads
 
         trainer = Trainer(config, resume=args.resume)
         metrics = trainer.fit()
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _leave_process_group() -> None:
-    """Under torchrun, leave the process group (captioner.distributed is loaded only once training starts)."""
-    module = sys.modules.get("captioner.distributed")
+    """Under torchrun, leave the process group (captioner.training.distributed is loaded only once training starts)."""
+    module = sys.modules.get("captioner.training.distributed")
     if module is not None:
         module.shutdown()
 

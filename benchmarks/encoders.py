@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import Settings, measure, milliseconds, table, write_result
-from captioner.encoders import build_encoder
+from captioner.encoders.backbones import build_encoder
 
 BACKBONES = {"small_cnn": 64, "efficientnet_lite0": 16}  # name -> images per batch
 QUICK_BATCH = 2

@@ -30,11 +30,10 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from captioner.checkpoint import load_checkpoint  # noqa: E402
 from captioner.config import load_config  # noqa: E402
-from captioner.demo_support import DecodingOptions, caption_images  # noqa: E402
+from captioner.demo.service import DecodingOptions, caption_images  # noqa: E402
 from captioner.images import load_image  # noqa: E402
-from captioner.model import Captioner  # noqa: E402
+from captioner.model import Captioner, load_checkpoint  # noqa: E402
 from captioner.vocab import Vocabulary  # noqa: E402
 
 DEFAULT_CHECKPOINT = REPO / "runs" / "shapes" / "best.pt"
@@ -49,7 +48,7 @@ def build_model(spec: str, vocab_size: int) -> tuple[Captioner, bool]:
     config = load_config(spec)
     config.model.pretrained = False  # latency does not depend on the weights' values; never download
     vocab = Vocabulary(f"word{index}" for index in range(vocab_size - 4))  # 4 specials are added
-    return Captioner(config, vocab).eval(), False
+    return Captioner(config.model, vocab).eval(), False
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -84,7 +83,7 @@ def benchmark(specs: list[str], beams: list[int], runs: int, warmup: int, max_le
     results = []
     for spec in specs:
         model, trained = build_model(spec, vocab_size)
-        config = model.config.model
+        config = model.config
         for beam_size in beams:
             name = f"{Path(spec).parent.name}/{Path(spec).name}" if trained else Path(spec).name
             row = {"model": name,

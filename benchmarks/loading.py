@@ -2,7 +2,7 @@
 synthetic in-memory batches (the same model and step; the difference is what loading costs).
 
 A small shapes dataset (JPEG, 64 px, already the model's size: no resize work) is written to a temporary
-folder. Paths, as captioner/engine.py builds them (captioner/batches.py):
+folder. Paths, as captioner/training/trainer.py builds them (captioner/data/batches.py):
   in-memory batches      the same (pixels, captions) tensors every step: no loading at all
   loader, image bank     images decoded and preprocessed once into a uint8 bank (the engine's choice
                          when they fit in memory), the DataLoader only indexes and collates
@@ -22,7 +22,7 @@ import torch
 from benchmarks.common import Settings, measure, milliseconds, table, write_result
 from benchmarks.training import QUICK_OVERRIDES, train_step
 from benchmarks.workload import make_model, shapes_config, shapes_records, shapes_vocabulary
-from captioner.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
+from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
 
 BATCHES = 4  # per epoch: the first is left out of the timing
 

@@ -66,9 +66,9 @@ def measure(root: Path) -> dict:
     sys.path.insert(0, str(REPO))
     import torch  # noqa: F401  (counted in the baseline, as in a training run)
 
-    from captioner.batches import CaptionedImages
     from captioner.config import load_config
     from captioner.data import load_dataset
+    from captioner.data.batches import CaptionedImages
     from captioner.vocab import Vocabulary
 
     stages = {"imports (torch, captioner)": rss_mb()[0]}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import Settings, measure, milliseconds, ratio, table, write_result
-from captioner.lstm import StackedLSTM
+from captioner.rnn.stacked import StackedLSTM
 
 SHAPE = {"batch": 64, "length": 20, "input_size": 256, "hidden_size": 512, "num_layers": 2}
 QUICK_SHAPE = {"batch": 4, "length": 5, "input_size": 8, "hidden_size": 16, "num_layers": 2}

@@ -15,7 +15,7 @@ from torch import nn
 
 from benchmarks.common import Settings, measure, milliseconds, table, write_result
 from benchmarks.recurrent import train_call
-from captioner.lstm import StackedLSTM
+from captioner.rnn.stacked import StackedLSTM
 
 BASE = {"batch": 64, "length": 20, "hidden": 512, "input_size": 256, "num_layers": 2}
 AXES = {"batch": (16, 32, 64, 128), "length": (10, 20, 40), "hidden": (256, 512, 1024)}

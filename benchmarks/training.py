@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.common import Settings, measure, milliseconds, table, write_result
 from benchmarks.workload import caption_batch, make_model, shapes_config, shapes_records, shapes_vocabulary
-from captioner.features import FeatureCache
+from captioner.data.feature_cache import FeatureCache
 from captioner.images import load_image
 from captioner.model import Captioner
 

@@ -50,7 +50,7 @@ def caption_batch(vocab: Vocabulary, count: int, max_length: int, seed: int = 0)
 
 def make_model(config: Config, vocab: Vocabulary, seed: int = 0) -> Captioner:
     torch.manual_seed(seed)
-    return Captioner(config, vocab)
+    return Captioner(config.model, vocab)
 
 
 def shapes_records(root: Path, num_train: int) -> list[ImageRecord]:

@@ -12,8 +12,12 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # Lazy: `import captioner.config` or `captioner.data` should not pay for importing torch.
-    if name in __all__:
-        from captioner import checkpoint
+    if name == "load_checkpoint":
+        from captioner.model import load_checkpoint
 
-        return getattr(checkpoint, name)
+        return load_checkpoint
+    if name == "CheckpointError":
+        from captioner.checkpoint import CheckpointError
+
+        return CheckpointError
     raise AttributeError(f"module 'captioner' has no attribute {name!r}")

@@ -3,24 +3,22 @@
     {"format_version": 1, "config": {...}, "vocab": {...}, "model": state_dict,
      "optimizer": ..., "scheduler": ..., "progress": {...}, "rng": {...}, "metrics": {...}}
 
-Saving writes a temporary file beside the target, flushes it to disk, then renames it over the
-target (`os.replace` is atomic), so a crash or a full disk leaves the previous checkpoint intact.
+Saving goes through `files.write_atomically` (temporary file, fsync, rename), so a crash or a full
+disk leaves the previous checkpoint intact.
 Loading always uses `torch.load(weights_only=True)`: a checkpoint is data, never code, and there is
-no retry without it. The model is rebuilt from the checkpoint's own config.
+no retry without it. This module reads and writes files only; the model is rebuilt from a
+checkpoint in one place, `captioner.model.load_checkpoint`.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from captioner.config import ConfigError, from_dict
-from captioner.vocab import Vocabulary
+from captioner.files import write_atomically
 
 FORMAT_VERSION = 1
 
@@ -37,23 +35,10 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """
     path = Path(path)
     try:
-        _write_atomically(payload, path)
+        write_atomically(path, lambda handle: torch.save({"format_version": FORMAT_VERSION, **payload}, handle))
     except OSError as error:
         raise OSError(error.errno, f"could not save checkpoint {path} ({error.strerror or error}); "
                       "the previous file there is kept") from error
-
-
-def _write_atomically(payload: dict[str, Any], path: Path) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -88,24 +73,6 @@ def _verify_checksums(path: Path) -> None:
                               f"{type(error).__name__})") from None
     if damaged is not None:
         raise CheckpointError(f"{path}: checkpoint is damaged (checksum mismatch in {damaged})")
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a ready-to-use `Captioner` (eval mode) from a checkpoint file."""
-    from captioner.model import Captioner  # model imports this module's users; keep the import local
-
-    payload = read_checkpoint(path, map_location=device)
-    try:
-        config = from_dict(payload["config"])
-        vocab = Vocabulary.from_dict(payload["vocab"])
-    except (ConfigError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path}: invalid config or vocabulary inside the checkpoint ({error})") from None
-    config.model.pretrained = False  # the checkpoint holds every weight; never download at load time
-    model = Captioner(config, vocab)
-    check_compatible(model.state_dict(), payload["model"], path)
-    model.load_state_dict(payload["model"])
-    model.metrics = payload.get("metrics", {})
-    return model.to(device).eval()
 
 
 def check_compatible(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -13,12 +13,13 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, TypeVar
 
 import yaml
 
-
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -123,15 +124,19 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file at `path`, then dotted `key=value` overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = _read_yaml(Path(path))
+    return load_dataclass(Config, path, overrides)
+
+
+def load_dataclass(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """The one config loader, for any tree of config dataclasses (the captioner's `Config`, the
+    scorer's): defaults, then the YAML file, then dotted overrides, every key and type checked."""
+    values: dict[str, Any] = read_yaml(path) if path is not None else {}
     for override in overrides:
         key, value = _parse_override(override)
         _set_dotted(values, key.split("."), value)
-    return from_dict(values)
+    return _build(cls, values, prefix="")
 
 
 def from_dict(values: dict[str, Any]) -> Config:
@@ -148,7 +153,9 @@ def save_yaml(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's plain mapping (`yaml.safe_load`), or a ConfigError naming the file."""
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:

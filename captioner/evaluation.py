@@ -15,25 +15,29 @@ from typing import Any, Sequence
 
 import torch
 
-from captioner.batches import preprocess_file
-from captioner.cider import CiderD
-from captioner.distributed import SINGLE, Cluster, run_sharded
-from captioner.data.records import ImageRecord
-from captioner.metrics import bleu_scores
+from captioner.checkpoint import CheckpointError
+from captioner.config import ConfigError
+from captioner.data import load_dataset
+from captioner.data.batches import preprocess_file
+from captioner.data.records import DatasetFormatError, ImageRecord
+from captioner.metrics.bleu import bleu_scores
+from captioner.metrics.cider import CiderD
+from captioner.metrics.content import content_accuracy
+from captioner.model import Captioner, load_checkpoint
+from captioner.modes import evaluating
+from captioner.training.distributed import SINGLE, Cluster, run_sharded
 from captioner.vocab import tokenize
 
 
 @torch.no_grad()
-def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
-             batch_size: int = 100, pixels: torch.Tensor | None = None,
-             cluster: Cluster = SINGLE, features: torch.Tensor | None = None) -> tuple[dict[str, Any], list[str]]:
+def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
+             batch_size: int = 100, pixels: torch.Tensor | None = None, cluster: Cluster = SINGLE,
+             features: torch.Tensor | None = None, no_repeat_ngram_size: int = 0) -> tuple[dict[str, Any], list[str]]:
     """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files;
     `features` (N, ...) from the feature cache skips the encoder too.
     Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
     captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
 
     def caption_batch(start: int, stop: int) -> list[str]:
         if features is not None:
@@ -43,12 +47,14 @@ def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, 
         else:
             batch = [preprocess_file(record, model.encoder.preprocess) for record in records[start:stop]]
             inputs = {"images": torch.stack(batch).to(device)}
-        generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length)
+        generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length,
+                                     no_repeat_ngram_size=no_repeat_ngram_size)
         return [" ".join(generation.words[0]) for generation in generations]
 
-    captions = run_sharded(caption_batch, len(records), batch_size, cluster)
-    model.train(was_training)
-    metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "num_images": len(records)}
+    with evaluating(model):
+        captions = run_sharded(caption_batch, len(records), batch_size, cluster)
+    metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "no_repeat_ngram_size": no_repeat_ngram_size,
+                               "num_images": len(records)}
     references = [[tokenize(text) for text in record.captions] for record in records]
     hypotheses = [tokenize(text) for text in captions]
     metrics.update(bleu_scores(hypotheses, references))
@@ -56,18 +62,11 @@ def evaluate(model, records: Sequence[ImageRecord], split: str, beam_size: int, 
         metrics["cider"] = 100.0 * CiderD(references).corpus_score(hypotheses, references)
     metrics["distinct_captions"] = len(set(captions))
     if records and all(record.scene is not None for record in records):
-        from captioner.data.content import content_accuracy
-
         metrics.update(content_accuracy(captions, [record.scene for record in records]))
     return metrics, captions
 
 
 def main(argv: list[str] | None = None) -> int:
-    from captioner.checkpoint import CheckpointError, load_checkpoint
-    from captioner.config import ConfigError
-    from captioner.data import load_dataset
-    from captioner.data.records import DatasetFormatError
-
     parser = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset split (BLEU-1..4).")
     parser.add_argument("--checkpoint", required=True, help="path to a .pt checkpoint written by train.py")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to caption")
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load_checkpoint(args.checkpoint, device=args.device)
-        data_config = model.config.data
+        data_config = model.run_config.data
         if args.data_root:
             data_config.root = args.data_root
         records = load_dataset(data_config)[args.split]
@@ -90,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DatasetFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.no_repeat_ngram_size is not None:
-        model.config.eval.no_repeat_ngram_size = args.no_repeat_ngram_size  # generate()'s default
-    metrics, captions = evaluate(model, records, args.split, args.beam_size, args.max_length)
+    no_repeat = args.no_repeat_ngram_size
+    if no_repeat is None:
+        no_repeat = model.run_config.eval.no_repeat_ngram_size
+    metrics, captions = evaluate(model, records, args.split, args.beam_size, args.max_length,
+                                 no_repeat_ngram_size=no_repeat)
     print(json.dumps(metrics, indent=2))
     if args.output:
         examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]

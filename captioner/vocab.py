@@ -19,12 +19,13 @@ can carry it without pickling a class.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from captioner.files import write_atomically
 
 PAD = "<pad>"  # id 0: fills batches of captions to one length; ignored by the loss
 START = "<start>"  # id 1: the first decoder input; never emitted as a word
@@ -159,10 +160,7 @@ class Vocabulary:
 
     def save(self, path: str | Path) -> None:
         """Write `to_dict()` as JSON; written to a temporary file first so a crash leaves no half file."""
-        path = Path(path)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(temporary, path)
+        write_atomically(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

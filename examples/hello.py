@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.lstm import CELLS, StackedLSTM
+from captioner.rnn.cells import CELLS
+from captioner.rnn.stacked import StackedLSTM
 
 CHARACTERS = "helo"  # the chapter's vocabulary, in its order: h=0, e=1, l=2, o=3
 WORD = "hello"

@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
+from test_model import make_model
 
 from captioner import CheckpointError, load_checkpoint
 from captioner.checkpoint import FORMAT_VERSION, read_checkpoint, save_checkpoint
-from captioner.config import to_dict
-from test_model import make_model
+from captioner.config import Config, to_dict
 
 
 def payload(model) -> dict:
-    return {"config": to_dict(model.config), "vocab": model.vocab.to_dict(), "model": model.state_dict()}
+    return {"config": to_dict(Config(model=model.config)), "vocab": model.vocab.to_dict(), "model": model.state_dict()}
 
 
 def test_round_trip_gives_identical_captions(tmp_path):

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_shipped_config_loads():
-    from captioner.train_scorer import ScorerConfig, is_scorer_config, load_scorer_config
+    from captioner.scorer.training import ScorerConfig, is_scorer_config, load_scorer_config
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         if is_scorer_config(path):  # `task: scorer` configs have their own schema

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from captioner.experiments import cells as cells_experiment
 from captioner.experiments.__main__ import main
-from captioner.experiments.gradients import (GradientBudget, RecallModel, gradient_flow, raise_carry_bias,
-                                             recall_batch)
+from captioner.experiments.gradients import GradientBudget, RecallModel, gradient_flow, raise_carry_bias, recall_batch
 from captioner.experiments.tbptt import train_truncated
-from captioner.lstm import CELLS, StackedLSTM
+from captioner.rnn.cells import CELLS
+from captioner.rnn.stacked import StackedLSTM
 
 TINY_FLOW = GradientBudget(hidden_size=16, delay=3, flow_length=25, flow_batches=1, batch_size=8)
 

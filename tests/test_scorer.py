@@ -1,4 +1,4 @@
-"""The image–sentence scorer (captioner/scorer.py) and its trainer (captioner/train_scorer.py): the VSE++ ranking
+"""The image–sentence scorer (captioner/scorer/model.py) and its trainer (captioner/scorer/training.py): the VSE++ ranking
 loss and R@K on hand-made similarity matrices, sentence encoding without padding effects, a tiny training run
 that beats chance, reranking a beam's alternatives (directly and through Captioner.generate), the checkpoint
 round trip, the config, and train.py's `task: scorer` entry end to end."""
@@ -12,18 +12,24 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 
 from captioner.checkpoint import CheckpointError, save_checkpoint
 from captioner.config import ConfigError, load_config
 from captioner.decoding import Generation
+from captioner.metrics.retrieval import recall_at_k
 from captioner.model import Captioner
-from captioner.scorer import (ImageSentenceScorer, ScorerSettings, load_scorer, ranking_loss, recall_at_k,
-                              rerank_generations, scorer_payload)
-from captioner.train_scorer import (ScorerTrainConfig, is_scorer_config, load_scorer_config, retrieval_metrics,
-                                    train_epoch)
+from captioner.scorer.model import ImageSentenceScorer, ScorerSettings, load_scorer, ranking_loss, scorer_payload
+from captioner.scorer.rerank import rerank_generations
+from captioner.scorer.training import (
+    ScorerTrainConfig,
+    fit,
+    is_scorer_config,
+    load_scorer_config,
+    retrieval_metrics,
+    train_epoch,
+)
 from captioner.vocab import Vocabulary
-
-from conftest import REPO
 
 COLOURS, SHAPES = ("red", "green", "blue", "yellow"), ("circle", "square", "triangle")
 
@@ -214,20 +220,19 @@ def test_rerank_keeps_finished_alternatives_first_and_applies_the_length_penalty
     assert with_penalty.words[0] == ["blue", "a", "a"]
 
 
-def test_generate_reranks_with_the_attached_scorer():
+def test_rerank_reorders_the_beams_that_generate_returns():
     config = load_config(None, ["model.embed_size=8", "model.hidden_size=8", "model.dropout=0.0"])
     vocab = Vocabulary(COLOURS + SHAPES + ("a",))
-    model = Captioner(config, vocab).eval()
+    model = Captioner(config.model, vocab).eval()
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    with pytest.raises(ValueError, match="no scorer attached"):
-        model.generate(images, beam_size=3, rerank=True)
-    model.scorer = ImageSentenceScorer(vocab, ScorerSettings(model.encoder.feature_dim, 8, 8, joint_size=8)).eval()
+    scorer = ImageSentenceScorer(vocab, ScorerSettings(model.encoder.feature_dim, 8, 8, joint_size=8)).train()
     plain = model.generate(images, beam_size=4, max_length=5)
-    reranked = model.generate(images, beam_size=4, max_length=5, rerank=True, rerank_weight=50.0)
-    expected = rerank_generations(plain, model.encoder(images), model.scorer, 50.0)
-    assert [g.words for g in reranked] == [g.words for g in expected]
+    reranked = rerank_generations(plain, model.encoder(images), scorer, 50.0)
+    assert scorer.training, "reranking scores in eval mode and gives the scorer its own mode back"
     assert any(g.words != p.words for g, p in zip(reranked, plain)), "a large weight should reorder some beam"
     assert [sorted(map(tuple, g.words)) for g in reranked] == [sorted(map(tuple, p.words)) for p in plain]
+    assert rerank_generations(plain, model.encoder(images), scorer, 0.0)[0].words == plain[0].words
+    assert not hasattr(model, "scorer"), "the captioner never holds a scorer"
 
 
 # --- checkpoint and config -----------------------------------------------------------------------------------
@@ -277,3 +282,20 @@ def test_train_py_trains_a_scorer_end_to_end(tiny_run, tmp_path):
     assert metrics["rerank"]["tuned_on"]["split"] == "val"
     assert all(math.isfinite(value) for value in metrics["rerank"]["sweep_bleu4"].values())
     assert load_scorer(run_dir / "scorer.pt").settings.hidden_size == 16
+
+
+def test_scorer_without_a_captioner_trains_on_its_own_backbone(tiny_run, tmp_path):
+    """scorer.captioner_checkpoint="" (the config's documented alternative): the encoder is built from
+    scorer.backbone and the vocabulary from the data; retrieval is measured, there is nothing to rerank."""
+    data = load_config(tiny_run / "config.yaml").data
+    run_dir = tmp_path / "scorer-alone"
+    config = load_scorer_config(REPO / "configs/scorer.yaml", [
+        f"run_dir={run_dir}", f"data.root={data.root}", "scorer.captioner_checkpoint=",
+        *(f"data.synthetic.{key}={getattr(data.synthetic, key)}"
+          for key in ("num_train", "num_val", "num_test", "image_size", "seed")),
+        "data.feature_cache=false", "scorer.backbone=small_cnn",
+        "scorer.hidden_size=8", "scorer.embed_size=8", "scorer.joint_size=8", "train.epochs=1", "train.threads=1"])
+    assert config.scorer.captioner_checkpoint == ""
+    metrics = fit(config, log=lambda message: None)
+    assert "rerank" not in metrics and metrics["retrieval"]["num_images"] > 0
+    assert load_scorer(run_dir / "scorer.pt").settings.feature_dim > 0

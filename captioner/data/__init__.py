@@ -10,7 +10,11 @@
     auto       the first of karpathy, coco, flickr8k, folder whose files are in data.root
 
 Every reader returns ImageRecords per split (a missing split is an empty list). The images are then
-checked (validate.py) and the counts per split printed.
+checked (validate.py) and the counts per split printed. batches.py turns records into training
+batches; feature_cache.py stores a frozen encoder's features on disk.
+
+May import: captioner.config, captioner.files, captioner.images, captioner.modes, captioner.vocab,
+captioner.encoders, captioner.metrics.
 """
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
 import re
 from pathlib import Path
@@ -36,7 +35,8 @@ from PIL import Image, ImageDraw
 
 from captioner.config import ConfigError, SyntheticConfig
 from captioner.data.records import SPLITS, DatasetFormatError
-from captioner.metrics import bleu_scores
+from captioner.files import write_atomically
+from captioner.metrics.bleu import bleu_scores
 from captioner.vocab import tokenize
 
 GENERATOR_VERSION = 2  # bump whenever scenes, captions or rendering change, so old copies are redone
@@ -298,9 +298,7 @@ def _generate(root: Path, config: SyntheticConfig, stamp: dict[str, int]) -> Non
         if re.fullmatch(r"\d{5,}\.jpg", path.name) and int(path.stem) >= len(entries):
             path.unlink()
     dataset = {"dataset": "shapes", "generator": stamp, "images": entries}
-    temporary = root / f".{JSON_NAME}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(dataset))
-    os.replace(temporary, root / JSON_NAME)
+    write_atomically(root / JSON_NAME, json.dumps(dataset).encode())
 
 
 def _make_image(index: int, split: str, config: SyntheticConfig, images_dir: Path) -> dict[str, Any]:

@@ -4,4 +4,6 @@
     python -m captioner.experiments gradients [--quick]   ∂loss/∂h_t against distance, clipping, TBPTT (gradients.py)
 
 tbptt.py holds truncated backpropagation through time for StackedLSTM; plotting.py the figures.
+
+May import: captioner.config, captioner.data, captioner.rnn, captioner.training.
 """

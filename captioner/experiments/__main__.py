@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from captioner.lstm import CELLS
+from captioner.rnn.cells import CELLS
 
 CELL_TYPES = tuple(CELLS)  # rnn, lstm, peephole, coupled, gru
 

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import yaml
 
 from captioner.config import Config, load_config, to_dict
-from captioner.lstm import CELLS
-from captioner.run_setup import NonFiniteLoss
+from captioner.rnn.cells import CELLS
+from captioner.training.setup import NonFiniteLoss
 
 CELL_TYPES = tuple(CELLS)  # rnn, lstm, peephole, coupled, gru
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "content_accuracy", "shape", "colour")  # content.py's percentages
@@ -72,7 +72,9 @@ def run_config(base: list[str], cell: str, seed: int, run_dir: Path) -> Config:
 
 def train_one(config: Config, log: Log) -> dict[str, Any]:
     """Train one run (or reuse its finished metrics) -> metrics with "parameters" and "history"."""
-    from captioner.engine import Trainer  # imported here: the table and plot code need none of the training stack
+    from captioner.training.trainer import (
+        Trainer,  # imported here: the table and plot code need none of the training stack
+    )
 
     run_dir = Path(config.run_dir)
     finished = run_dir / "metrics.json"

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.experiments.tbptt import ChunkStep, train_truncated
-from captioner.lstm import CELLS, StackedLSTM
+from captioner.rnn.cells import CELLS
+from captioner.rnn.stacked import StackedLSTM
 
 CELL_TYPES = tuple(CELLS)  # rnn, lstm, peephole, coupled, gru
 CARRY_GATE = {"lstm": 1, "peephole": 1, "coupled": 0, "gru": 1}  # chunk of bias_ih: f (i,f,g,o / f,g,o), z (r,z,n)

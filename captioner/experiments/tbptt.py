@@ -20,7 +20,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from captioner.lstm import State, StackedLSTM, detach_state
+from captioner.rnn.cells import State, detach_state
+from captioner.rnn.stacked import StackedLSTM
 
 ChunkLoss = Callable[[Tensor, slice], Tensor]  # (output (B, k, D*H), positions of the chunk in T) -> scalar loss
 

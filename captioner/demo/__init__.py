@@ -1,0 +1,9 @@
+"""The web demo (`python demo.py`).
+
+    app.py      the Gradio page and its API: layout, request handlers, launch options
+    service.py  what the handlers do, without Gradio: model catalog, decoding options, uploads, captions
+    gates.py    "Inside the LSTM": the gates and cells recorded while a caption is replayed, and their plots
+
+May import: captioner.checkpoint, captioner.decoding, captioner.images, captioner.model, captioner.modes.
+Nothing else in captioner imports the demo.
+"""

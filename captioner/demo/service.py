@@ -1,0 +1,205 @@
+"""What the web demo needs around a checkpoint: find the runs, load and keep models, describe them,
+and turn one request (uploaded files + decoding settings) into captions.
+
+No Gradio here: every function takes and returns plain values, so it is tested without a server.
+Uploads are decoded only by `captioner.images.load_image`, the loader training uses (pixel cap,
+format allowlist, EXIF orientation, every mode to RGB); its one-line `ImageError` names the upload's
+file name, never a server path. Decoding reuses `Captioner.generate`, the one generate() of the project.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from captioner.decoding import Generation
+from captioner.images import ImageError, load_image
+from captioner.model import Captioner, load_checkpoint
+from captioner.modes import evaluating
+
+DECODING_MODES = ("beam search", "greedy", "sampling")
+MAX_BEAM_SIZE = 10
+MAX_CAPTION_LENGTH = 40
+MAX_BATCH_IMAGES = 16  # images per batch request; more is refused with a clear message
+README_PHOTO_SECTION = "Train on Flickr8k / Flickr30k / COCO"
+
+
+class DemoInputError(ValueError):
+    """A request the demo refuses; the message is one line, safe to show to the user."""
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to turn the decoder's word probabilities into a caption."""
+
+    mode: str = "beam search"  # beam search | greedy | sampling
+    beam_size: int = 3  # beams kept (beam search only)
+    max_length: int = 20  # longest caption, in words
+    temperature: float = 1.0  # softmax temperature (sampling only): < 1 sharper, > 1 more varied
+    seed: int | None = None  # sampling seed; None = a fresh draw each time
+
+    def __post_init__(self) -> None:
+        if self.mode not in DECODING_MODES:
+            raise DemoInputError(f"decoding: expected one of {', '.join(DECODING_MODES)}, got {self.mode!r}")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise DemoInputError(f"beam size: expected 1 to {MAX_BEAM_SIZE}, got {self.beam_size}")
+        if not 1 <= self.max_length <= MAX_CAPTION_LENGTH:
+            raise DemoInputError(f"max length: expected 1 to {MAX_CAPTION_LENGTH} words, got {self.max_length}")
+        if self.mode == "sampling" and not 0.05 <= self.temperature <= 5.0:
+            raise DemoInputError(f"temperature: expected 0.05 to 5, got {self.temperature}")
+
+    def generate_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for `Captioner.generate`."""
+        if self.mode == "sampling":
+            return {"temperature": self.temperature, "max_length": self.max_length, "seed": self.seed}
+        beam_size = self.beam_size if self.mode == "beam search" else 1
+        return {"beam_size": beam_size, "max_length": self.max_length}
+
+
+def find_checkpoints(runs_dir: str | Path) -> list[Path]:
+    """best.pt of every run under `runs_dir` (last.pt where a run has no best.pt yet), sorted."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    found = {path.parent: path for path in root.rglob("last.pt")}
+    found.update({path.parent: path for path in root.rglob("best.pt")})
+    return sorted(found.values())
+
+
+def checkpoint_label(path: Path, runs_dir: str | Path) -> str:
+    """A short, stable name for the dropdown: the path relative to the runs directory."""
+    try:
+        return str(path.relative_to(runs_dir))
+    except ValueError:
+        return f"{path.parent.name}/{path.name}"
+
+
+class ModelCatalog:
+    """The checkpoints the demo may serve, by label, loaded on first use and kept (at most `keep`)."""
+
+    def __init__(self, checkpoints: dict[str, Path], keep: int = 2, device: str = "cpu") -> None:
+        if not checkpoints:
+            raise DemoInputError("no checkpoints to serve")
+        self.checkpoints = dict(checkpoints)
+        self.keep, self.device = keep, device
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def single(cls, model, label: str = "loaded model") -> ModelCatalog:
+        """A catalog of one model that is already in memory."""
+        run_dir = model.run_config.run_dir if model.run_config else "runs"
+        catalog = cls({label: Path(run_dir) / "best.pt"}, keep=1)
+        catalog._loaded[label] = model
+        return catalog
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.checkpoints)
+
+    def get(self, label: str):
+        """The model for `label`; only labels of this catalog are accepted, never a path."""
+        if label not in self.checkpoints:
+            raise DemoInputError(f"model: {str(label)[:80]!r} is not one of the checkpoints this demo serves")
+        with self._lock:  # two requests for the same new model load it once
+            if label not in self._loaded:
+                self._loaded[label] = load_checkpoint(self.checkpoints[label], device=self.device)
+                while len(self._loaded) > self.keep:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(label)
+            return self._loaded[label]
+
+
+def read_upload(path: str | Path | None) -> Image.Image:
+    """An uploaded file through the shared loader; errors name the file, not where it is stored."""
+    if not path:
+        raise DemoInputError("Please upload an image first.")
+    return load_image(path, name=Path(path).name)
+
+
+def read_uploads(paths: list[str]) -> tuple[list[Image.Image], list[str], list[str]]:
+    """A batch of uploads -> (images, their file names, one reason per file that was skipped).
+    One bad file does not spoil the batch; a batch with no readable image is refused."""
+    if not paths:
+        raise DemoInputError("Please upload one or more images first.")
+    if len(paths) > MAX_BATCH_IMAGES:
+        raise DemoInputError(f"{len(paths)} files: at most {MAX_BATCH_IMAGES} images per batch")
+    images, names, skipped = [], [], []
+    for path in paths:
+        try:
+            images.append(read_upload(path))
+            names.append(Path(path).name)
+        except ImageError as error:
+            skipped.append(str(error))
+    if not images:
+        raise DemoInputError(f"No image could be read: {skipped[0]}")
+    return images, names, skipped
+
+
+def caption_pixels(model, pixels: torch.Tensor, options: DecodingOptions) -> list[Generation]:
+    """Caption preprocessed images (B, 3, S, S) with `Captioner.generate`, alternatives best first."""
+    with evaluating(model):
+        return model.generate(pixels, **options.generate_arguments())
+
+
+def caption_images(model, images: list[Image.Image], options: DecodingOptions) -> list[Generation]:
+    """Caption decoded RGB images: the encoder's transform, then `caption_pixels`."""
+    return caption_pixels(model, model.pixels(images), options)
+
+
+def caption_text(generation: Generation, rank: int = 0) -> str:
+    return " ".join(generation.words[rank]) or "(empty caption)"
+
+
+def alternatives_table(generation: Generation) -> list[list[Any]]:
+    """Rows of [rank, caption, total log-probability, finished with <end>], best first."""
+    return [[rank + 1, caption_text(generation, rank), round(log_prob, 3), finished]
+            for rank, (log_prob, finished) in enumerate(zip(generation.log_probs, generation.finished))]
+
+
+def read_run_metrics(run_dir: Path) -> dict[str, Any]:
+    """<run_dir>/metrics.json (the test-split evaluation written by train.py), or {} if absent or bad."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def model_summary(model: Captioner, checkpoint: Path) -> str:
+    """Markdown: architecture, data, scores, and in plain words what this model can describe."""
+    config, data = model.config, model.run_config.data if model.run_config else None
+    attention = " with soft attention" if config.attention else ""
+    lines = [f"**Model** `{checkpoint.parent.name}/{checkpoint.name}`: {config.backbone} encoder → "
+             f"{config.num_layers}-layer **{config.cell}** decoder{attention} "
+             f"(E={config.embed_size}, H={config.hidden_size}, {len(model.vocab)} words).",
+             f"**Trained on** the `{data.format}` dataset ({Path(data.root).name})." if data else "",
+             _score_line(read_run_metrics(checkpoint.parent), model.metrics),
+             what_it_describes(data.format) if data else ""]
+    return "\n\n".join(line for line in lines if line)
+
+
+def _score_line(test_metrics: dict[str, Any], val_metrics: dict[str, Any]) -> str:
+    for metrics in (test_metrics, val_metrics):
+        if isinstance(metrics.get("bleu4"), (int, float)):
+            split, beam = metrics.get("split", "val"), metrics.get("beam_size", "?")
+            bleu1 = f", BLEU-1 {metrics['bleu1']:.1f}" if isinstance(metrics.get("bleu1"), (int, float)) else ""
+            return f"**Scores** on the {split} split (beam {beam}): BLEU-4 {metrics['bleu4']:.1f}{bleu1}."
+    return "**Scores**: no metrics.json in the run directory yet."
+
+
+def what_it_describes(dataset_format: str) -> str:
+    """The page's plain statement of what the loaded model can and cannot caption."""
+    if dataset_format == "shapes":
+        return ("⚠️ This model was trained on the built-in synthetic scenes: it describes coloured circles, "
+                "squares, triangles and diamonds on a plain background, **not photos**. A photo gets a "
+                "caption about shapes. To caption photos, train on a photo dataset: see the README section "
+                f"*{README_PHOTO_SECTION}*.")
+    return (f"This model was trained on `{dataset_format}` photos: it describes everyday scenes with that "
+            "dataset's vocabulary; images far from its training data get less reliable captions.")

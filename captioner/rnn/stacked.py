@@ -1,0 +1,202 @@
+"""`StackedLSTM`: the chapter's cells (cells.py) stacked in layers and directions, with nn.LSTM's interface.
+
+For lstm, gru and rnn it has exactly nn.LSTM's / nn.GRU's / nn.RNN's `state_dict` keys, shapes and gate order,
+so weights load both ways. For cell="lstm" in float32/float64, `forward` runs fused.py by default: the same
+equations with backpropagation through time written out by hand; `fast=False` forces the readable cells.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captioner.rnn import fused as fast_lstm
+from captioner.rnn.cells import CELLS, PEEPHOLES, State, Weights
+
+_RECORDINGS = threading.local()  # id(StackedLSTM) -> list of recorded steps, for this thread only
+
+
+class StackedLSTM(nn.Module):
+    """Stacked, optionally bidirectional recurrent layers with nn.LSTM's interface (batch_first=True).
+
+    forward(x (B, T, input_size), state=None) -> (output (B, T, D*H), (h_n, c_n) each (D*num_layers, B, H)),
+    D = 2 if bidirectional; state rows are ordered layer-major, direction-minor, as in nn.LSTM.
+    state=None means h_0 = c_0 = 0. Dropout acts on each layer's output except the last, in training only.
+    rnn and gru have no cell state: their c is ignored on input (None is accepted) and c_n is all zeros of
+    h_n's shape, so every cell returns the same (h, c) type and the decoder needs no special case.
+    fast=True (default) runs lstm layers through captioner/rnn/fused.py where it applies (see the module
+    docstring); set `module.fast = False` to run the readable cells, e.g. to compare or to debug.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
+                 cell: str = "lstm", bidirectional: bool = False, fast: bool = True) -> None:
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"StackedLSTM: cell must be one of {', '.join(CELLS)}, got {cell!r}")
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"StackedLSTM: {name} must be a positive int, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"StackedLSTM: dropout must be in [0, 1), got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout, self.cell, self.bidirectional = float(dropout), cell, bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        self.fast = bool(fast)  # use captioner/rnn/fused.py in forward where it applies; False = reference cells
+        self.cell_function, gate_rows = CELLS[cell]
+        for layer in range(num_layers):
+            layer_input_size = input_size if layer == 0 else hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = self._suffix(layer, direction)
+                shapes = {"weight_ih": (gate_rows * hidden_size, layer_input_size),
+                          "weight_hh": (gate_rows * hidden_size, hidden_size),
+                          "bias_ih": (gate_rows * hidden_size,), "bias_hh": (gate_rows * hidden_size,)}
+                if cell == "peephole":
+                    shapes.update({name: (hidden_size,) for name in PEEPHOLES})
+                for name, shape in shapes.items():  # flat names on self, so state_dict keys match nn.LSTM
+                    setattr(self, name + suffix, nn.Parameter(torch.empty(shape)))
+        self.reset_parameters()
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    def reset_parameters(self) -> None:
+        """U(−1/√H, 1/√H) for every parameter, the same initialisation as nn.LSTM."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, cell={self.cell!r}, "
+                f"dropout={self.dropout}, bidirectional={self.bidirectional}, fast={self.fast}")
+
+    def _weights(self, layer: int, direction: int) -> Weights:
+        suffix = self._suffix(layer, direction)
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") + (PEEPHOLES if self.cell == "peephole" else ())
+        return {name: getattr(self, name + suffix) for name in names}
+
+    def _input_gates(self, x: Tensor, weights: Weights) -> Tensor:
+        """W_x x + b for all positions in one matmul; b_h is folded in, except for gru (it sits inside r ⊙ ·)."""
+        bias = weights["bias_ih"] if self.cell == "gru" else weights["bias_ih"] + weights["bias_hh"]
+        return F.linear(x, weights["weight_ih"], bias)  # (..., G*H)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> State:
+        """h_0 = c_0 = 0, each (D*num_layers, B, H)."""
+        dtype = dtype if dtype is not None else self.weight_ih_l0.dtype
+        device = device if device is not None else self.weight_ih_l0.device
+        shape = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+    def _check_state(self, state: Optional[State], batch_size: int, reference: Tensor, where: str) -> State:
+        if state is None:
+            return self.initial_state(batch_size, reference.device, reference.dtype)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"StackedLSTM.{where}: state must be a tuple (h, c), got {type(state).__name__}")
+        h, c = state
+        if self.cell in ("rnn", "gru") and isinstance(h, Tensor):
+            c = torch.zeros_like(h)  # no cell state: whatever c was passed, c_n stays all zeros
+        expected = (self.num_directions * self.num_layers, batch_size, self.hidden_size)
+        for name, part in (("h", h), ("c", c)):
+            if not isinstance(part, Tensor) or tuple(part.shape) != expected:
+                got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
+                raise ValueError(f"StackedLSTM.{where}: state {name} must have shape {expected} "
+                                 f"= (D*num_layers, B, H), got {got}")
+        return h, c
+
+    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+        """Run the whole sequence; see the class docstring for shapes."""
+        if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[1] == 0:
+            raise ValueError(f"StackedLSTM.forward: x must be (B, T>=1, input_size={self.input_size}), "
+                             f"got shape {tuple(x.shape)}")
+        h_0, c_0 = self._check_state(state, x.shape[0], x, "forward")
+        layer_input = x.transpose(0, 1)  # (T, B, E) time-major, so each step's slice is contiguous
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                layer_input = F.dropout(layer_input, self.dropout, self.training)
+            outputs = []
+            for direction in range(self.num_directions):
+                row = layer * self.num_directions + direction
+                output, h, c = self._run_direction(layer_input, h_0[row], c_0[row], layer, direction, state is None)
+                outputs.append(output)  # (T, B, H)
+                h_n.append(h)
+                c_n.append(c)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D*H)
+        return layer_input.transpose(0, 1), (torch.stack(h_n), torch.stack(c_n))  # (B, T, D*H), (D*L, B, H)
+
+    def _run_direction(self, layer_input: Tensor, h: Tensor, c: Tensor, layer: int, direction: int,
+                       zero_state: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer in one direction over (T, B, E); the backward direction reads time in reverse."""
+        weights = self._weights(layer, direction)
+        if self.fast and fast_lstm.fast_path_applies(layer_input, self.cell):  # zero state: None, skips W_h h_0
+            return fast_lstm.lstm_layer(layer_input, weights, None if zero_state else h,
+                                        None if zero_state else c, reverse=bool(direction))
+        x_gates = self._input_gates(layer_input, weights)  # (T, B, G*H), one matmul for all T
+        T = x_gates.shape[0]
+        outputs: list[Tensor] = [h] * T
+        for t in (range(T - 1, -1, -1) if direction else range(T)):
+            h, c, _ = self.cell_function(x_gates[t], h, c, weights, False)
+            outputs[t] = h
+        return torch.stack(outputs), h, c  # (T, B, H)
+
+    def step(self, x_t: Tensor, state: Optional[State] = None, record: bool = False
+             ) -> tuple[Tensor, State] | tuple[Tensor, State, list[dict[str, Tensor]]]:
+        """One time step through all layers, for greedy and beam decoding.
+
+        x_t (B, input_size); state (h, c) each (num_layers, B, H), None = zeros. Returns (h_top (B, H), state).
+        With record=True also returns one dict per layer of the step's activations (keys: i f g o c h for the
+        LSTM family, r z n h for gru, h for rnn), for the "Inside the LSTM" view; these are the tensors the
+        cell computed, still in the graph, so call .detach() before keeping them.
+        """
+        if self.bidirectional:
+            raise ValueError("StackedLSTM.step: a bidirectional stack cannot be run one step at a time")
+        if x_t.dim() != 2 or x_t.shape[1] != self.input_size:
+            raise ValueError(f"StackedLSTM.step: x_t must be (B, input_size={self.input_size}), "
+                             f"got shape {tuple(x_t.shape)}")
+        h_0, c_0 = self._check_state(state, x_t.shape[0], x_t, "step")
+        sink = getattr(_RECORDINGS, "sinks", {}).get(id(self))  # inside `recording()` on this thread
+        record_now = record or sink is not None
+        fast_decoding = (self.fast and not record_now and not torch.is_grad_enabled()
+                         and fast_lstm.fast_path_applies(x_t, self.cell))
+        layer_input, h_n, c_n, records = x_t, [], [], []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                layer_input = F.dropout(layer_input, self.dropout, self.training)
+            weights = self._weights(layer, 0)
+            if fast_decoding:  # no autograd, no record: fast_lstm's step, one GEMM on cached joined weights
+                h, c = fast_lstm.decoding_step(self, layer, layer_input, h_0[layer], c_0[layer], weights)
+                activations = None
+            else:
+                x_gates = self._input_gates(layer_input, weights)  # (B, G*H)
+                h, c, activations = self.cell_function(x_gates, h_0[layer], c_0[layer], weights, record_now)
+            h_n.append(h)
+            c_n.append(c)
+            records.append(activations)
+            layer_input = h  # (B, H)
+        new_state = (torch.stack(h_n), torch.stack(c_n))  # (num_layers, B, H) each
+        if sink is not None:
+            sink.append([{name: value.detach() for name, value in layer.items()} for layer in records])
+        return (layer_input, new_state, records) if record else (layer_input, new_state)
+
+    @contextmanager
+    def recording(self) -> Iterator[list[list[dict[str, Tensor]]]]:
+        """Inside the block, every `step` this thread runs also records its activations (detached): the
+        yielded list gets, per step, one dict per layer (as `step(record=True)` returns). Thread-local,
+        so a model shared by a web server keeps serving other requests unrecorded meanwhile."""
+        sinks = getattr(_RECORDINGS, "sinks", None)
+        if sinks is None:
+            sinks = _RECORDINGS.sinks = {}
+        if id(self) in sinks:
+            raise RuntimeError("StackedLSTM.recording: already recording this module on this thread")
+        steps: list[list[dict[str, Tensor]]] = []
+        sinks[id(self)] = steps
+        try:
+            yield steps
+        finally:
+            del sinks[id(self)]

@@ -1,0 +1,10 @@
+"""Training: the loop and everything it needs.
+
+    trainer.py        Trainer: teacher forcing, clipping, schedule, validation, checkpoints, resume, test
+    setup.py          the run directory, device, seeds, optimizer, schedule, signals, bf16 autocast
+    self_critical.py  self-critical sequence training with a CIDEr-D reward (Rennie et al. 2017)
+    distributed.py    torchrun/DDP helpers: ranks, sharded evaluation, synchronised stops
+
+May import: captioner.checkpoint, captioner.config, captioner.decoding, captioner.evaluation,
+captioner.model, captioner.vocab, captioner.data, captioner.metrics. Never gradio.
+"""

@@ -1,0 +1,181 @@
+"""What a training run sets up before its first step: run directory, seeds, device, optimizer,
+learning-rate schedule, RNG snapshots for resume, and the errors that end a run early."""
+from __future__ import annotations
+
+import math
+import random
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captioner.checkpoint import CheckpointError
+from captioner.config import Config, to_dict
+from captioner.model import Captioner
+
+EXIT_INTERRUPTED = 130  # train.py's exit code after a graceful stop on SIGINT/SIGTERM (last.pt saved)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; the current step finished and last.pt was saved."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted: saved {checkpoint}; continue with --resume {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss, the gradient norm or a weight became NaN or inf; no step is taken with it and no
+    checkpoint is written from it. `step` counts optimizer steps from 1 (the step that failed)."""
+
+    def __init__(self, step: int, last_finite: float | None, what: str = "loss") -> None:
+        super().__init__(f"{what} is not finite at step {step} (last finite loss: {last_finite}); "
+                         "lower train.learning_rate or check the data. Checkpoints on disk are untouched.")
+        self.step, self.last_finite = step, last_finite
+
+
+def resume_target(path: str | Path) -> Path:
+    """The checkpoint that --resume names: a file as given, a directory means the last.pt inside it.
+
+    A directory without last.pt is an error (never a silent fresh start); leftover temporary files
+    from an interrupted save are named, since they are never complete checkpoints.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path  # read_checkpoint names a missing file
+    if (path / "last.pt").is_file():
+        return path / "last.pt"
+    temporary = sorted(p.name for p in path.glob(".*.tmp"))
+    found = f"only unfinished temporary files ({', '.join(temporary[:3])})" if temporary else "no last.pt"
+    raise CheckpointError(f"--resume {path}: a directory must hold last.pt, found {found}; "
+                          "name a checkpoint file or start a new run without --resume")
+
+
+def check_same_model(saved: dict[str, Any], config: Config, path: str | Path) -> None:
+    """Resume only into the same model: name the first differing model.* key with both values."""
+    saved_model = saved.get("model") if isinstance(saved, dict) else None
+    current = to_dict(config)["model"]
+    # A key the saving version did not have yet reads as its default, as loading that checkpoint does.
+    saved_model = {**to_dict(Config())["model"], **saved_model} if isinstance(saved_model, dict) else {}
+    for key in sorted(set(saved_model) | set(current)):
+        if saved_model.get(key) != current.get(key):
+            raise CheckpointError(f"{path}: model.{key} is {saved_model.get(key)!r} in the checkpoint but "
+                                  f"{current.get(key)!r} in this run's config; resume with the checkpoint's model settings")
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    """Create the run directory and prove it is writable before any work starts."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"run_dir={run_dir}: not writable ({error.strerror or error})") from None
+    return run_dir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, threads: int) -> torch.device:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name}: CUDA is not available on this machine; use train.device=cpu")
+    return device
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The training forward pass's numeric format (train.precision).
+
+    bf16: autocast runs matmuls and convolutions in bfloat16 and keeps softmax, the loss and other
+    reductions in fp32; weights, gradients and optimizer state stay fp32. bfloat16 has fp32's 8-bit
+    exponent, so gradients do not underflow: no GradScaler, nothing to unscale, and gradient clipping
+    reads the true fp32 gradient norm. fp32: autocast is off (the default, on CPU too)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.precision=bf16: this GPU has no bfloat16 support; use train.precision=fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def build_optimizer(model: Captioner, config: Config) -> torch.optim.Optimizer:
+    """Adam(W) over the trainable parameters: fine-tuned encoder blocks in their own group at
+    train.encoder_learning_rate (pretrained weights need small steps), the rest at train.learning_rate."""
+    train = config.train
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if train.optimizer not in optimizers:
+        raise ValueError(f"train.optimizer={train.optimizer!r}: expected one of {sorted(optimizers)}")
+    finetuned = [p for block in model.encoder.trainable_blocks for p in block.parameters()]
+    finetuned_ids = {id(p) for p in finetuned}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in finetuned_ids]
+    groups = [{"params": rest, "lr": train.learning_rate}]
+    if finetuned:
+        groups.append({"params": finetuned, "lr": train.encoder_learning_rate})
+    return optimizers[train.optimizer](groups, lr=train.learning_rate, weight_decay=train.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to 0 at the last step (or constant)."""
+    train = config.train
+    total = train.max_steps or train.epochs * steps_per_epoch
+    warmup = min(train.warmup_steps, max(total - 1, 0))
+    if train.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"train.lr_schedule={train.lr_schedule!r}: expected cosine or constant")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if train.lr_schedule == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    """random.setstate needs tuples; a save/load round trip may hand back lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM: finish the step, save, exit; a second SIGINT: stop at once."""
+
+    def __enter__(self) -> "StopOnSignal":
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

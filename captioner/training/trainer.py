@@ -1,0 +1,316 @@
+"""The training loop: teacher forcing, Adam(W), gradient-norm clipping, warm-up + cosine schedule,
+free-running validation BLEU after every epoch, best/last checkpoints, resume, and a final test
+evaluation written to <run_dir>/metrics.json. Used by train.py; never imports gradio.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from captioner.checkpoint import check_compatible, read_checkpoint, save_checkpoint
+from captioner.config import Config, save_yaml, to_dict
+from captioner.data import load_dataset
+from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
+from captioner.data.feature_cache import FeatureCache, feature_cache_directory
+from captioner.evaluation import evaluate
+from captioner.model import Captioner
+from captioner.training import distributed
+from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
+from captioner.training.setup import (
+    EXIT_INTERRUPTED,
+    NonFiniteLoss,
+    StopOnSignal,
+    TrainingInterrupted,
+    autocast,
+    build_optimizer,
+    build_scheduler,
+    check_same_model,
+    prepare_run_dir,
+    resolve_device,
+    restore_rng,
+    resume_target,
+    rng_state,
+    seed_everything,
+)
+from captioner.vocab import Vocabulary
+
+BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size per machine, else stream
+
+
+class Trainer:
+    """Holds everything one run needs; `fit()` trains, validates, checkpoints and tests."""
+
+    def __init__(self, config: Config, resume: str | Path | None = None, log=print) -> None:
+        self.config, self.log = config, log
+        check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
+        self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
+        resume = resume_target(resume) if resume else None
+        resumed = read_checkpoint(resume) if resume else None  # a bad target fails before anything is written
+        if resumed:
+            check_same_model(resumed["config"], config, resume)
+        self.run_dir = prepare_run_dir(Path(config.run_dir))
+        seed_everything(config.train.seed)
+        self.device = resolve_device(config.train.device, config.train.threads)
+        autocast(config.train.precision, self.device)  # a bad train.precision fails before any work
+        self.cluster, self.device = distributed.setup(self.device)  # under torchrun: join the group, one GPU per rank
+        if not self.cluster.is_main:
+            self.log = log = _quiet  # only rank 0 logs
+        with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
+            self.splits = load_dataset(config.data, log=log)
+        if not self.splits["train"]:
+            raise ValueError(f"data.root={config.data.root}: the train split is empty")
+        self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
+            (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
+        self.model = Captioner(config.model, self.vocab).to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.feature_cache = self.make_feature_cache()
+        self.training_model = distributed.wrap(self.model, self.cluster)  # DDP: gradients averaged across ranks
+        distributed.seed_rank(config.train.seed, self.cluster)
+        if config.train.scale_lr:
+            distributed.scale_learning_rates(self.optimizer, self.cluster.world_size)
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch())
+        self.progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_bleu4": -1.0}
+        self.history: list[dict[str, Any]] = []
+        self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
+        if resumed:
+            self.restore(resumed, resume)
+        if self.cluster.is_main:
+            save_yaml(config, self.run_dir / "config.yaml")
+        if self.cluster.enabled:
+            self.log(distributed.describe(self.cluster, config.train.batch_size, config.train.learning_rate,
+                                          config.train.scale_lr))
+        self.log(f"vocabulary: {len(self.vocab)} words | parameters: {sum(p.numel() for p in self.model.parameters()):,}"
+                 f" | device: {self.device} | run: {self.run_dir}")
+
+    def steps_per_epoch(self) -> int:
+        batches = math.ceil(len(self.splits["train"]) / self.config.train.batch_size)  # of one process
+        return distributed.steps_per_epoch(batches, self.cluster)
+
+    def fit(self) -> dict[str, Any]:
+        train = self.config.train
+        dataset = self.training_data()
+        self.val_inputs = self.inputs(self.validation_records())
+        with StopOnSignal() as stop:
+            while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
+                self.train_epoch(dataset, stop)
+                self.end_epoch()
+                if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
+                    raise TrainingInterrupted(self.run_dir / "last.pt")
+        return self.test()
+
+    def training_data(self) -> CaptionedImages:
+        records, data = self.splits["train"], self.config.data
+        bank = self.inputs(records)
+        return CaptionedImages(records, self.vocab, self.model.encoder.preprocess, data.max_caption_length,
+                               self.config.train.captions_per_image, self.config.train.seed, bank)
+
+    def make_feature_cache(self) -> FeatureCache | None:
+        """A feature cache when the encoder is fully frozen and data.feature_cache is on, else None."""
+        data = self.config.data
+        if not (data.feature_cache and self.model.encoder.fully_frozen):
+            return None
+        return FeatureCache(feature_cache_directory(data), self.model.encoder, data.feature_dtype, self.config.eval.batch_size, log=self.log)
+
+    def inputs(self, records):
+        """What the model reads for `records`: cached features (frozen encoder), else preprocessed pixels."""
+        if self.feature_cache is not None:
+            return self.stored_features(records)
+        return self.pixels(records)
+
+    def stored_features(self, records):
+        """Cached features of `records`; rank 0 encodes missing images first, the other ranks then read its shards."""
+        with distributed.main_first(self.cluster):
+            return self.feature_cache.features(records)
+
+    def pixels(self, records) -> torch.Tensor | None:
+        """Preprocessed uint8 pixels when they fit in memory, else None (read from disk per batch)."""
+        side = self.model.encoder.preprocessing.image_size
+        if len(records) * 3 * side * side > BANK_BUDGET_BYTES // self.cluster.local_world_size:  # ranks share RAM
+            return None
+        started = time.perf_counter()
+        bank = build_image_bank(records, self.model.encoder.preprocess)
+        self.log(f"preprocessed {len(records)} images in {time.perf_counter() - started:.1f}s")
+        return bank
+
+    def train_epoch(self, dataset: CaptionedImages, stop: StopOnSignal) -> None:
+        train, epoch = self.config.train, self.progress["epoch"]
+        dataset.epoch = epoch
+        batches = epoch_batches(len(dataset), train.batch_size, train.seed, epoch)[self.progress["batch"] :]
+        batches = distributed.shard_batches(batches, self.cluster)  # this rank's batch of each step
+        loader = make_loader(dataset, batches, self.vocab.pad_id, train.num_workers, self.device.type == "cuda")
+        self.model.train()
+        if epoch >= train.epochs:
+            self.start_self_critical_epoch(dataset)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs + train.self_critical_epochs}", unit="batch",
+                   dynamic_ncols=True, mininterval=1.0 if self.interactive else 30.0, disable=not self.cluster.is_main)
+        started, captions_seen = time.perf_counter(), 0
+        for indices, (inputs, captions) in zip(batches, bar):
+            loss = self.train_step(inputs, captions, indices)
+            self.progress["batch"] += self.cluster.world_size  # global batches done: a resume skips them, whatever W
+            captions_seen += captions.size(0) * self.cluster.world_size
+            if self.progress["step"] % train.log_every == 0 or self.progress["batch"] == 1:
+                rate = captions_seen / (time.perf_counter() - started)
+                reward = {"reward": f"{self.progress['last_reward']:.3f}"} if epoch >= train.epochs else {}
+                bar.set_postfix(loss=f"{loss:.3f}", **reward, captions_per_s=f"{rate:.0f}",
+                                lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+            if distributed.any_rank(stop.requested, self.cluster):
+                self.save("last.pt")
+                raise TrainingInterrupted(self.run_dir / "last.pt")
+            if self.reached_max_steps():
+                break
+        self.epoch_seconds = time.perf_counter() - started
+
+    def start_self_critical_epoch(self, dataset: CaptionedImages) -> None:
+        """Self-critical epochs start from the best cross-entropy weights, at their own constant learning
+        rate, with the network as generation sees it (eval mode: see SelfCriticalLoss)."""
+        train = self.config.train
+        distributed.barrier(self.cluster)  # rank 0 has finished writing best.pt
+        at_switch = self.progress["epoch"] == train.epochs and self.progress["batch"] == 0  # not mid-epoch (resume)
+        if at_switch and (self.run_dir / "best.pt").exists():
+            self.model.load_state_dict(read_checkpoint(self.run_dir / "best.pt", map_location=self.device)["model"])
+            self.log(f"self-critical training from best.pt (val BLEU-4 {self.progress['best_bleu4']:.2f})")
+        for group in self.optimizer.param_groups:  # an encoder group keeps its ratio to the decoder's rate
+            group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
+        self.model.eval()
+        if self.self_critical is None:
+            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples,
+                                                  self.config.eval.max_length, train.self_critical_reward)
+
+    def self_critical_loss(self, features: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """SelfCriticalLoss of one batch; its samples depend only on (seed, step), so a resume replays them."""
+        seed = self.config.train.seed * 1_000_003 + self.progress["step"]
+        loss, reward = self.self_critical(self.model, self.training_model, features, indices, seed)
+        self.progress["last_reward"] = reward
+        self.progress["reward_sum"] = self.progress.get("reward_sum", 0.0) + reward  # in progress: resume keeps it
+        self.progress["reward_steps"] = self.progress.get("reward_steps", 0) + 1
+        return loss
+
+    def train_step(self, inputs: torch.Tensor, captions: torch.Tensor, indices: list[int] | None = None) -> float:
+        """One optimizer step; inputs are cached features (B, F) with the feature cache, else pixels.
+        In the self-critical epochs the loss is SelfCriticalLoss over `indices`, the batch's images."""
+        inputs, captions = inputs.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
+        cached = self.feature_cache is not None
+        train = self.config.train
+        critical = self.progress["epoch"] >= train.epochs
+        with autocast(train.precision, self.device):  # bf16: see run_setup.autocast
+            if critical:
+                loss = self.self_critical_loss(inputs if cached else self.model.encoder(inputs), indices)
+            else:
+                _, loss = self.training_model(None if cached else inputs, captions, features=inputs if cached else None,
+                                              captions_per_image=train.captions_per_image,
+                                              label_smoothing=train.label_smoothing,
+                                              scheduled_sampling=train.scheduled_sampling)
+        if distributed.any_rank(not torch.isfinite(loss), self.cluster):  # all ranks stop, none waits in backward
+            raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients)
+        if not torch.isfinite(norm):  # a finite loss can still overflow in backward; never step with it
+            raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"), what="gradient norm")
+        if train.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), train.grad_clip, norm)
+        self.optimizer.step()
+        if not critical:  # the self-critical learning rate is constant
+            self.scheduler.step()
+        self.progress["step"] += 1
+        self.progress["last_loss"] = loss.item()
+        return self.progress["last_loss"]
+
+    def end_epoch(self) -> None:
+        """Validate with free-running generation, then save last.pt and, if improved, best.pt."""
+        ev = self.config.eval
+        distributed.sync_buffers(self.model, self.cluster)
+        metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
+                                     ev.batch_size, no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, **self.evaluation_inputs(self.val_inputs))
+        self.progress["epoch"] += 1
+        self.progress["batch"] = 0
+        entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
+                 "epoch_seconds": round(getattr(self, "epoch_seconds", 0.0), 1), **metrics}
+        if "reward_sum" in self.progress:  # self-critical: mean reward of the epoch's sampled captions
+            entry["train_reward"] = round(self.progress.pop("reward_sum") / self.progress.pop("reward_steps"), 4)
+        self.history.append(entry)
+        self.log(json.dumps(entry) + f" | e.g. '{captions[0]}'")
+        if self.cluster.is_main:
+            with open(self.run_dir / "history.jsonl", "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        improved = metrics["bleu4"] > self.progress["best_bleu4"]
+        if improved:
+            self.progress["best_bleu4"] = metrics["bleu4"]
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt", metrics=metrics)
+
+    def evaluation_inputs(self, inputs) -> dict[str, Any]:
+        """`inputs` (from `inputs()`) as the keyword `evaluate` expects: cached features or pixels."""
+        return {"features": inputs} if self.feature_cache is not None else {"pixels": inputs}
+
+    def validation_records(self):
+        records = self.splits["val"] or self.splits["test"]
+        limit = self.config.train.val_max_images
+        return records[:limit] if limit else records
+
+    def reached_max_steps(self) -> bool:
+        return 0 < self.config.train.max_steps <= self.progress["step"]
+
+    def save(self, name: str, metrics: dict | None = None) -> None:
+        """Write run_dir/name atomically; weights that are not finite are refused, the old file kept."""
+        for parameter_name, parameter in self.model.named_parameters():
+            if not torch.isfinite(parameter).all():
+                raise NonFiniteLoss(self.progress["step"], self.progress.get("last_loss"),
+                                    what=f"weight {parameter_name} (so {name} was not written)")
+        payload = {"config": to_dict(self.config), "vocab": self.vocab.to_dict(), "model": self.model.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "progress": dict(self.progress), "history": self.history, "rng": rng_state(),
+                   "metrics": metrics or {}}
+        if self.cluster.enabled:  # every rank's RNG, so that each resumed rank continues its own dropout masks
+            payload["rank_rng"] = distributed.gather_objects(rng_state(), self.cluster)
+        if self.cluster.is_main:
+            save_checkpoint(payload, self.run_dir / name)
+
+    def restore(self, payload: dict[str, Any], path: str | Path) -> None:
+        check_compatible(self.model.state_dict(), payload["model"], path)
+        self.model.load_state_dict(payload["model"])
+        base_rates = list(self.scheduler.base_lrs)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.config.train.scale_lr:  # the saved rates were scaled for the saving run's number of processes
+            distributed.rebase_learning_rates(self.scheduler, base_rates)
+        self.progress = dict(payload["progress"])
+        self.history = list(payload.get("history", []))
+        rank_states = payload.get("rank_rng") or []
+        restore_rng(rank_states[self.cluster.rank] if len(rank_states) == self.cluster.world_size else payload["rng"])
+        self.log(f"resumed from {path} at epoch {self.progress['epoch']}, batch {self.progress['batch']}")
+
+    def test(self) -> dict[str, Any]:
+        """Evaluate the best checkpoint on the test split; write metrics.json."""
+        best = self.run_dir / "best.pt"
+        distributed.barrier(self.cluster)  # rank 0 has finished writing best.pt
+        if best.exists():
+            self.model.load_state_dict(read_checkpoint(best, map_location=self.device)["model"])
+        records = self.splits["test"] or self.splits["val"]
+        split = "test" if self.splits["test"] else "val"
+        ev = self.config.eval
+        inputs = self.stored_features(records) if self.feature_cache is not None else None
+        metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
+                                     no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, **self.evaluation_inputs(inputs))
+        metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
+                               for r, c in zip(records[:10], captions[:10])]
+        metrics["history"] = self.history
+        if self.cluster.is_main:
+            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+
+def _quiet(message: str) -> None:
+    """The log of every rank but 0."""
+
+
+__all__ = ["Trainer", "EXIT_INTERRUPTED"]
