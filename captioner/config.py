@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key path."""
 
 
+# The defaults are the settings for photo datasets (configs/flickr8k.yaml and its siblings start from
+# them). The default run, configs/shapes.yaml, differs where a field's comment names shapes.yaml.
+
+
 @dataclass
 class SyntheticConfig:
     """The built-in shapes dataset, generated on first use (captioner/data/shapes.py)."""
@@ -48,7 +52,7 @@ class DataConfig:
     val_fraction: float = 0.1  # share of images for val in a random split
     test_fraction: float = 0.1  # share of images for test in a random split
     max_bad_images: float = 0.01  # missing/undecodable images skipped up to this share; above it, abort
-    min_word_count: int = 5  # words seen fewer times in the train split become <unk>
+    min_word_count: int = 5  # rarer words in the train split become <unk> (shapes.yaml: 1, a closed vocabulary)
     max_caption_length: int = 20  # training captions are cut to this many words
     feature_cache: bool = True  # with a fully frozen encoder, encode each image once to disk and train on that
     feature_cache_dir: str = ""  # where the cache lives; "" = <data.root>/.cache/features
@@ -62,13 +66,13 @@ class ModelConfig:
     pretrained: bool = False  # load ImageNet weights for the backbone (small_cnn has none)
     freeze_encoder: bool = False  # keep the backbone fixed (enables the feature cache)
     finetune_blocks: int = 0  # with a frozen encoder, still train its last N blocks
-    embed_size: int = 256  # word embedding and projected image feature size (E)
-    hidden_size: int = 512  # LSTM state size (H)
+    embed_size: int = 256  # word embedding and projected image feature size E (shapes.yaml: 128 for 64 px scenes)
+    hidden_size: int = 512  # LSTM state size H (shapes.yaml: 256)
     num_layers: int = 1  # stacked recurrent layers
     cell: str = "lstm"  # rnn | lstm | peephole | coupled | gru
-    dropout: float = 0.3  # on embeddings, between layers and before the output layer
+    dropout: float = 0.3  # on embeddings, between layers and before the output layer (shapes.yaml: 0.1, 6000 scenes)
     image_as: str = "first_input"  # first_input (Show and Tell) | initial_state (h_0, c_0 = tanh(W f))
-    attention: bool = False  # soft attention over the encoder's feature map (Show, Attend and Tell)
+    attention: bool = False  # soft attention over the encoder's map (Show, Attend and Tell; shapes.yaml: true)
     attention_query: str = "previous"  # previous: h_{t-1} looks, context into the LSTM (Xu et al. 2015) |
     #   current: h_t looks, context into the output (Lu et al. 2017); no loop over time in training
     attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size
@@ -79,12 +83,12 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training captions
+    epochs: int = 10  # passes over the training captions (shapes.yaml: 8)
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     batch_size: int = 32  # images per step
     captions_per_image: int = 5  # captions trained per image in a step (the image is encoded once)
     optimizer: str = "adam"  # adam | adamw
-    learning_rate: float = 2e-3  # peak learning rate of the decoder (and a trainable encoder)
+    learning_rate: float = 2e-3  # peak learning rate of the decoder and a trainable encoder (shapes.yaml: 3e-3)
     encoder_learning_rate: float = 1e-4  # learning rate of fine-tuned pretrained blocks
     weight_decay: float = 0.0  # decoupled for adamw, L2 for adam
     lr_schedule: str = "cosine"  # cosine | constant

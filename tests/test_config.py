@@ -70,3 +70,24 @@ def test_yaml_errors(tmp_path):
 def test_dict_round_trip():
     config = load_config(REPO / "configs/shapes.yaml", ["model.num_layers=2"])
     assert from_dict(to_dict(config)) == config
+
+
+def test_every_difference_of_the_default_run_from_the_dataclass_defaults_is_commented():
+    """configs/shapes.yaml (what `python train.py` runs) may differ from the dataclass defaults (the settings
+    for photos) only where the field's comment in config.py says so."""
+    source = (REPO / "captioner" / "config.py").read_text(encoding="utf-8").splitlines()
+
+    def differences(default: dict, chosen: dict, prefix: str = "") -> list[str]:
+        found = []
+        for key, value in default.items():
+            if isinstance(value, dict):
+                found += differences(value, chosen[key], f"{prefix}{key}.")
+            elif chosen[key] != value:
+                found.append(f"{prefix}{key}")
+        return found
+
+    changed = differences(to_dict(Config()), to_dict(load_config(REPO / "configs" / "shapes.yaml")))
+    assert "model.attention" in changed  # the check has something to check
+    for key in changed:
+        field_line = next(line for line in source if line.strip().startswith(f"{key.split('.')[-1]}:"))
+        assert "shapes.yaml" in field_line, f"{key}: differs in configs/shapes.yaml without a comment saying so"

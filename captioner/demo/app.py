@@ -19,6 +19,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
 import gradio as gr  # noqa: E402
@@ -45,6 +46,7 @@ from captioner.demo.service import (  # noqa: E402
     read_uploads,
 )
 from captioner.images import ImageError  # noqa: E402
+from captioner.model import Captioner  # noqa: E402
 
 TRAIN_COMMAND = "python train.py --config configs/shapes.yaml"
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "images"
@@ -59,7 +61,7 @@ class UploadedImage(gr.Image):
 
     is_template = True  # rendered by the ordinary Image front end
 
-    def preprocess(self, payload) -> str | None:  # payload: gradio's ImageData, or None when empty
+    def preprocess(self, payload: Any) -> str | None:  # payload: gradio's ImageData, or None when empty
         return None if payload is None or payload.path is None else str(payload.path)
 
 
@@ -68,7 +70,7 @@ BEAM_SEARCH = DECODING_MODES[0]
 
 
 @contextmanager
-def shown_to_user():
+def shown_to_user() -> Iterator[None]:
     """Refusals become a one-line gr.Error for the page. Loader and input errors already name the
     file, never a server path; a checkpoint error would, so it is replaced by a plain sentence.
     Anything else stays a server-side error, which the page shows without its message."""
@@ -138,7 +140,7 @@ def _thumbnail(image, side: int = 256):
     return copy
 
 
-def build_app(models) -> gr.Blocks:
+def build_app(models: ModelCatalog | Captioner) -> gr.Blocks:
     """The page. `models` is a ModelCatalog, or one Captioner already in memory."""
     catalog = models if isinstance(models, ModelCatalog) else ModelCatalog.single(models)
     handlers = Handlers(catalog)

@@ -88,11 +88,11 @@ class ModelCatalog:
             raise DemoInputError("no checkpoints to serve")
         self.checkpoints = dict(checkpoints)
         self.keep, self.device = keep, device
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._loaded: OrderedDict[str, Captioner] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def single(cls, model, label: str = "loaded model") -> ModelCatalog:
+    def single(cls, model: Captioner, label: str = "loaded model") -> ModelCatalog:
         """A catalog of one model that is already in memory."""
         run_dir = model.run_config.run_dir if model.run_config else "runs"
         catalog = cls({label: Path(run_dir) / "best.pt"}, keep=1)
@@ -103,7 +103,7 @@ class ModelCatalog:
     def labels(self) -> list[str]:
         return list(self.checkpoints)
 
-    def get(self, label: str):
+    def get(self, label: str) -> Captioner:
         """The model for `label`; only labels of this catalog are accepted, never a path."""
         if label not in self.checkpoints:
             raise DemoInputError(f"model: {str(label)[:80]!r} is not one of the checkpoints this demo serves")
@@ -142,13 +142,13 @@ def read_uploads(paths: list[str]) -> tuple[list[Image.Image], list[str], list[s
     return images, names, skipped
 
 
-def caption_pixels(model, pixels: torch.Tensor, options: DecodingOptions) -> list[Generation]:
+def caption_pixels(model: Captioner, pixels: torch.Tensor, options: DecodingOptions) -> list[Generation]:
     """Caption preprocessed images (B, 3, S, S) with `Captioner.generate`, alternatives best first."""
     with evaluating(model):
         return model.generate(pixels, **options.generate_arguments())
 
 
-def caption_images(model, images: list[Image.Image], options: DecodingOptions) -> list[Generation]:
+def caption_images(model: Captioner, images: list[Image.Image], options: DecodingOptions) -> list[Generation]:
     """Caption decoded RGB images: the encoder's transform, then `caption_pixels`."""
     return caption_pixels(model, model.pixels(images), options)
 

@@ -208,7 +208,8 @@ def _rerank_bleu(captioner: Captioner, scorer: ImageSentenceScorer, features: to
             "sweep_bleu4": {str(weight): bleu_scores(tops, references)["bleu4"] for weight, tops in sweep_tops.items()}}
 
 
-def build_parts(config: ScorerConfig, splits: dict[str, list[ImageRecord]], device: torch.device, log: Callable):
+def build_parts(config: ScorerConfig, splits: dict[str, list[ImageRecord]], device: torch.device,
+                log: Callable) -> tuple[Captioner | None, Encoder, Vocabulary]:
     """-> (captioner or None, encoder, vocabulary) from the captioner checkpoint, or a backbone by name."""
     model = config.scorer
     if model.captioner_checkpoint:

@@ -171,7 +171,7 @@ class StopOnSignal:
         self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def handle(self, signum, frame) -> None:
+    def handle(self, signum: int, frame: object) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from tqdm import tqdm
@@ -18,7 +18,8 @@ from captioner.checkpoint import check_compatible, read_checkpoint, save_checkpo
 from captioner.config import Config, save_yaml, to_dict
 from captioner.data import load_dataset
 from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
-from captioner.data.feature_cache import FeatureCache, feature_cache_directory
+from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
+from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
 from captioner.model import Captioner
 from captioner.training import distributed
@@ -118,18 +119,18 @@ class Trainer:
             return None
         return FeatureCache(feature_cache_directory(data), self.model.encoder, data.feature_dtype, self.config.eval.batch_size, log=self.log)
 
-    def inputs(self, records):
+    def inputs(self, records: Sequence[ImageRecord]) -> StoredFeatures | torch.Tensor | None:
         """What the model reads for `records`: cached features (frozen encoder), else preprocessed pixels."""
         if self.feature_cache is not None:
             return self.stored_features(records)
         return self.pixels(records)
 
-    def stored_features(self, records):
+    def stored_features(self, records: Sequence[ImageRecord]) -> StoredFeatures:
         """Cached features of `records`; rank 0 encodes missing images first, the other ranks then read its shards."""
         with distributed.main_first(self.cluster):
             return self.feature_cache.features(records)
 
-    def pixels(self, records) -> torch.Tensor | None:
+    def pixels(self, records: Sequence[ImageRecord]) -> torch.Tensor | None:
         """Preprocessed uint8 pixels when they fit in memory, else None (read from disk per batch)."""
         side = self.model.encoder.preprocessing.image_size
         if len(records) * 3 * side * side > BANK_BUDGET_BYTES // self.cluster.local_world_size:  # ranks share RAM
@@ -248,11 +249,11 @@ class Trainer:
         if improved:
             self.save("best.pt", metrics=metrics)
 
-    def evaluation_inputs(self, inputs) -> dict[str, Any]:
+    def evaluation_inputs(self, inputs: StoredFeatures | torch.Tensor | None) -> dict[str, Any]:
         """`inputs` (from `inputs()`) as the keyword `evaluate` expects: cached features or pixels."""
         return {"features": inputs} if self.feature_cache is not None else {"pixels": inputs}
 
-    def validation_records(self):
+    def validation_records(self) -> list[ImageRecord]:
         records = self.splits["val"] or self.splits["test"]
         limit = self.config.train.val_max_images
         return records[:limit] if limit else records
