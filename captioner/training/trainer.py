@@ -32,7 +32,10 @@ from captioner.training.setup import (
     autocast,
     build_optimizer,
     build_scheduler,
+    check_run_dir_is_free,
     check_same_model,
+    check_splits,
+    claim_run_dir,
     prepare_run_dir,
     resolve_device,
     restore_rng,
@@ -48,7 +51,8 @@ BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this siz
 class Trainer:
     """Holds everything one run needs; `fit()` trains, validates, checkpoints and tests."""
 
-    def __init__(self, config: Config, resume: str | Path | None = None, log=print) -> None:
+    def __init__(self, config: Config, resume: str | Path | None = None, log=print, force: bool = False) -> None:
+        """force: start over in a run_dir that holds another run (train.py --force), removing its checkpoints."""
         self.config, self.log = config, log
         check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
@@ -57,6 +61,7 @@ class Trainer:
         if resumed:
             check_same_model(resumed["config"], config, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
+        check_run_dir_is_free(self.run_dir, resume, force)  # in seconds, before the data is read
         seed_everything(config.train.seed)
         self.device = resolve_device(config.train.device, config.train.threads)
         autocast(config.train.precision, self.device)  # a bad train.precision fails before any work
@@ -65,8 +70,7 @@ class Trainer:
             self.log = log = _quiet  # only rank 0 logs
         with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
             self.splits = load_dataset(config.data, log=log)
-        if not self.splits["train"]:
-            raise ValueError(f"data.root={config.data.root}: the train split is empty")
+        check_splits(self.splits, config.data.root)
         self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
             (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
         self.model = Captioner(config.model, self.vocab).to(self.device)
@@ -82,6 +86,7 @@ class Trainer:
         self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
         if resumed:
             self.restore(resumed, resume)
+        self.lock = claim_run_dir(self.run_dir, resume, force, self.history) if self.cluster.is_main else None
         if self.cluster.is_main:
             save_yaml(config, self.run_dir / "config.yaml")
         if self.cluster.enabled:
@@ -98,13 +103,17 @@ class Trainer:
         train = self.config.train
         dataset = self.training_data()
         self.val_inputs = self.inputs(self.validation_records())
-        with StopOnSignal() as stop:
-            while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
-                self.train_epoch(dataset, stop)
-                self.end_epoch()
-                if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
-                    raise TrainingInterrupted(self.run_dir / "last.pt")
-        return self.test()
+        try:
+            with StopOnSignal() as stop:
+                while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
+                    self.train_epoch(dataset, stop)
+                    self.end_epoch()
+                    if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
+                        raise TrainingInterrupted(self.run_dir / "last.pt")
+            return self.test()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def training_data(self) -> CaptionedImages:
         records, data = self.splits["train"], self.config.data
@@ -245,16 +254,15 @@ class Trainer:
         improved = metrics["bleu4"] > self.progress["best_bleu4"]
         if improved:
             self.progress["best_bleu4"] = metrics["bleu4"]
+            self.save("best.pt", metrics=metrics)  # before last.pt: a kill in between redoes this epoch on resume
         self.save("last.pt")
-        if improved:
-            self.save("best.pt", metrics=metrics)
 
     def evaluation_inputs(self, inputs: StoredFeatures | torch.Tensor | None) -> dict[str, Any]:
         """`inputs` (from `inputs()`) as the keyword `evaluate` expects: cached features or pixels."""
         return {"features": inputs} if self.feature_cache is not None else {"pixels": inputs}
 
     def validation_records(self) -> list[ImageRecord]:
-        records = self.splits["val"] or self.splits["test"]
+        records = self.splits["val"]  # never test: best.pt is chosen here (check_splits)
         limit = self.config.train.val_max_images
         return records[:limit] if limit else records
 
