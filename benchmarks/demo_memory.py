@@ -45,11 +45,14 @@ def worst_case_png(path: Path, side: int = SIDE) -> Path:
 
 def untrained_checkpoint(path: Path) -> Path:
     """The default config's model, untrained, as a checkpoint the demo can load."""
+    import torch
+
     from captioner.checkpoint import save_checkpoint
     from captioner.config import load_config, to_dict
     from captioner.model import Captioner
     from captioner.vocab import Vocabulary
 
+    torch.manual_seed(0)  # the same untrained weights, so the same captions, in every measurement
     config = load_config(REPO / "configs" / "shapes.yaml")
     vocab = Vocabulary(f"word{index}" for index in range(40))
     model = Captioner(config.model, vocab)

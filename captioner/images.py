@@ -9,7 +9,9 @@ decoding is defensive, in this order:
    from the bytes, never from the file extension.
 2. Width x height is read from the header and checked against `max_pixels` and `max_aspect_ratio`
    BEFORE any pixel data is decoded, so a tiny file that declares 100000 x 100000 pixels is refused
-   without allocating. PIL's own `DecompressionBombError`/`Warning` are refused the same way.
+   without allocating. PIL's own `DecompressionBombError`/`Warning` are refused the same way. Images
+   above `LARGE_IMAGE_PIXELS` are decoded one at a time per process, and alpha is composited in
+   strips, so memory stays bounded however many large uploads arrive together.
 3. Only the first frame is decoded (animated GIF/PNG, multi-page TIFF), with
    `ImageFile.LOAD_TRUNCATED_IMAGES` forced off: a truncated file is an error, never grey-padded.
 4. The EXIF orientation tag is applied (`ImageOps.exif_transpose`); malformed EXIF is ignored.
@@ -28,8 +30,10 @@ display name (default: the file name without directories), so no server path rea
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 import warnings
 from typing import BinaryIO, Union
 
@@ -39,6 +43,8 @@ from PIL import Image, ImageFile, ImageOps
 MAX_PIXELS = 40_000_000  # width x height above this is refused (a 40 MP photo still loads)
 MAX_ASPECT_RATIO = 20.0  # long side / short side above this is refused (e.g. 1 x 10000 strips)
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # PIL format names that are decoded
+LARGE_IMAGE_PIXELS = 8_000_000  # images above this are decoded one at a time (a 40 MP RGBA decode is ~330 MB)
+_LARGE_DECODES = threading.Lock()
 ROWS_PER_STRIP = 256  # alpha is composited this many rows at a time (bounded temporaries)
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2..8 = mirrored and/or turned
 _JPEG_VARIANTS = ("MPO",)  # camera JPEGs with extra frames; PIL's JPEG plugin reports them as MPO
@@ -117,16 +123,20 @@ def _open_header(stream: BinaryIO, name: str) -> Image.Image:
 
 
 def _decode(image: Image.Image, name: str, max_pixels: int, max_aspect_ratio: float) -> Image.Image:
-    """Check format and size, decode the first frame, apply EXIF orientation, convert to RGB."""
+    """Check format and size, decode the first frame, apply EXIF orientation, convert to RGB.
+    Images above LARGE_IMAGE_PIXELS are decoded one at a time (per process), so that a burst of
+    huge uploads needs the memory of one decode at a time, not of all of them at once."""
     if image.format is not None and image.format not in ALLOWED_FORMATS + _JPEG_VARIANTS:
         raise ImageError(f"{name}: {image.format} images are not accepted (expected {_format_list()})")
     _check_size(image.size, name, max_pixels, max_aspect_ratio)
-    frame = _load_first_frame(image, name)
-    upright = _apply_exif_orientation(frame)
-    try:
-        return to_rgb(upright)
-    except ValueError as error:
-        raise ImageError(f"{name}: {error}") from None
+    large = image.size[0] * image.size[1] > LARGE_IMAGE_PIXELS
+    with _LARGE_DECODES if large else contextlib.nullcontext():
+        frame = _load_first_frame(image, name)
+        upright = _apply_exif_orientation(frame)
+        try:
+            return to_rgb(upright)
+        except ValueError as error:
+            raise ImageError(f"{name}: {error}") from None
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int, max_aspect_ratio: float) -> None:

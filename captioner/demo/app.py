@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
+# Before PIL loads: image memory in 64 MB blocks, above glibc's 32 MB mmap ceiling, so a decoded upload's
+# memory returns to the system when freed; smaller blocks stay in each worker thread's malloc arena (~300 MB).
+os.environ.setdefault("PILLOW_BLOCK_SIZE", "64m")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 

@@ -100,20 +100,24 @@ class Trainer:
         return distributed.steps_per_epoch(batches, self.cluster)
 
     def fit(self) -> dict[str, Any]:
-        train = self.config.train
-        dataset = self.training_data()
-        self.val_inputs = self.inputs(self.validation_records())
+        """Train, validating and saving after every epoch, then test; run_dir stays locked until it returns."""
         try:
-            with StopOnSignal() as stop:
-                while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
-                    self.train_epoch(dataset, stop)
-                    self.end_epoch()
-                    if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
-                        raise TrainingInterrupted(self.run_dir / "last.pt")
-            return self.test()
+            return self.train_then_test()
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    def train_then_test(self) -> dict[str, Any]:
+        train = self.config.train
+        dataset = self.training_data()
+        self.val_inputs = self.inputs(self.validation_records())
+        with StopOnSignal() as stop:
+            while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
+                self.train_epoch(dataset, stop)
+                self.end_epoch()
+                if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
+                    raise TrainingInterrupted(self.run_dir / "last.pt")
+        return self.test()
 
     def training_data(self) -> CaptionedImages:
         records, data = self.splits["train"], self.config.data
