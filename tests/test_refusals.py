@@ -57,7 +57,7 @@ def test_numbers_out_of_range_are_refused_before_anything_is_written(tmp_path, c
     (["--max-length", "0"], "--max-length 0: expected an integer >= 1"),
     (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size -1: expected an integer >= 0"),
     (["--output", "{tmp}/missing/metrics.json"], "--output {tmp}/missing/metrics.json: folder {tmp}/missing does not exist"),
-    (["--output", "{tmp}"], "--output {tmp}: is a directory"),
+    (["--output", "{tmp}"], "--output {tmp}: is a directory; name a JSON file"),
 ])
 def test_evaluation_refuses_bad_numbers_and_output_paths_in_one_line(tiny_run, tmp_path, capsys, flags, expected):
     flags = [flag.replace("{tmp}", str(tmp_path)) for flag in flags]
