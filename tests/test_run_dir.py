@@ -23,23 +23,35 @@ from captioner.training.trainer import Trainer
 CONFIG = str(REPO / "configs/shapes.yaml")
 RUN_FILES = ("best.pt", "last.pt", "history.jsonl", "metrics.json")
 
-# train.py in a child process that is killed (SIGKILL, as by kill -9) halfway through writing its
-# second best.pt: the temporary file holds a few bytes, nothing is cleaned up, nothing more is written.
-KILLED_WHILE_WRITING_BEST = """
+# train.py in a child process whose validation BLEU-4 rises every epoch (it is set to the epoch number, so
+# every epoch writes best.pt, on resume too); with KILL_AT_BEST_WRITE=N it is killed (SIGKILL, as by kill -9)
+# halfway through writing its Nth best.pt: the temporary file holds a few bytes, nothing is cleaned up.
+RISING_SCORES = """
 import os, signal, sys
 import captioner.checkpoint as checkpoint
+from captioner.training import trainer
 import train
 
-real_write, best_writes = checkpoint.write_atomically, []
+real_write, real_evaluate, real_end_epoch, best_writes = checkpoint.write_atomically, trainer.evaluate, trainer.Trainer.end_epoch, []
 
 def write_or_die(path, write):
     if path.name == "best.pt":
         best_writes.append(path)
-        if len(best_writes) == 2:
+        if len(best_writes) == int(os.environ.get("KILL_AT_BEST_WRITE", 0)):
             return real_write(path, lambda handle: (handle.write(b"PK"), handle.flush(), os.kill(os.getpid(), signal.SIGKILL)))
     return real_write(path, write)
 
-checkpoint.write_atomically = write_or_die
+def end_epoch(self):
+    def scored_by_epoch(*args, **kwargs):
+        metrics, captions = real_evaluate(*args, **kwargs)
+        return {**metrics, "bleu4": float(self.progress["epoch"] + 1)}, captions
+    trainer.evaluate = scored_by_epoch
+    try:
+        real_end_epoch(self)
+    finally:
+        trainer.evaluate = real_evaluate
+
+checkpoint.write_atomically, trainer.Trainer.end_epoch = write_or_die, end_epoch
 sys.exit(train.main(sys.argv[1:]))
 """
 
@@ -92,20 +104,25 @@ def test_a_run_dir_in_use_by_another_run_is_refused(tiny_run, tmp_path):
     assert "Traceback" not in second.stderr and not list(run_dir.glob("*.pt"))
 
 
+def rising_scores(*arguments: str, kill_at_best_write: int = 0) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "KILL_AT_BEST_WRITE": str(kill_at_best_write)}
+    return subprocess.run([sys.executable, "-c", RISING_SCORES, "--config", CONFIG, *arguments], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=300)
+
+
 def test_kill_9_while_best_pt_is_written_then_resume_gives_the_uninterrupted_best(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(tiny_run.parent / "data", run_dir)  # tiny_run's config, another run_dir
-    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING_BEST, "--config", CONFIG, *overrides],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]  # epoch 2 improved and its best.pt write died
+    overrides = tiny_overrides(tiny_run.parent / "data", run_dir)
+    killed = rising_scores(*overrides, kill_at_best_write=2)  # killed while epoch 2's better model is written
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     last = torch.load(run_dir / "last.pt", weights_only=True)
     best = torch.load(run_dir / "best.pt", weights_only=True)
-    assert last["progress"]["best_bleu4"] == best["metrics"]["bleu4"]  # last.pt never claims an unwritten best
-    resumed = train_command("--resume", str(run_dir), *overrides)
+    assert last["progress"]["best_bleu4"] == best["metrics"]["bleu4"] == 1.0  # last.pt never claims an unwritten best
+    resumed = rising_scores("--resume", str(run_dir), *overrides)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final, uninterrupted = (torch.load(path / "best.pt", weights_only=True) for path in (run_dir, tiny_run))
-    assert final["progress"]["epoch"] == 2 and final["metrics"] == uninterrupted["metrics"]
-    assert all(torch.equal(final["model"][k], uninterrupted["model"][k]) for k in uninterrupted["model"])
+    last, best = (torch.load(run_dir / name, weights_only=True) for name in ("last.pt", "best.pt"))
+    assert best["progress"]["epoch"] == last["progress"]["epoch"] == 2 and best["metrics"]["bleu4"] == 2.0
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])  # epoch 2, the best
     assert [json.loads(line)["epoch"] for line in (run_dir / "history.jsonl").read_text().splitlines()] == [1, 2]
 
 
