@@ -23,28 +23,28 @@ from captioner.training.trainer import Trainer
 CONFIG = str(REPO / "configs/shapes.yaml")
 RUN_FILES = ("best.pt", "last.pt", "history.jsonl", "metrics.json")
 
-# train.py in a child process whose validation BLEU-4 rises every epoch (it is set to the epoch number, so
-# every epoch writes best.pt, on resume too); with KILL_AT_BEST_WRITE=N it is killed (SIGKILL, as by kill -9)
-# halfway through writing its Nth best.pt: the temporary file holds a few bytes, nothing is cleaned up.
+# train.py in a child process whose validation BLEU-4 rises every epoch (it is the epoch number, minus
+# SCORE_OFFSET, so every epoch writes best.pt, on resume too); with KILL_AT=NAME:N it is killed (SIGKILL, as
+# by kill -9) halfway through writing its Nth NAME: the temporary file holds a few bytes, nothing is cleaned up.
 RISING_SCORES = """
 import os, signal, sys
 import captioner.checkpoint as checkpoint
 from captioner.training import trainer
 import train
 
-real_write, real_evaluate, real_end_epoch, best_writes = checkpoint.write_atomically, trainer.evaluate, trainer.Trainer.end_epoch, []
+real_write, real_evaluate, real_end_epoch, writes = checkpoint.write_atomically, trainer.evaluate, trainer.Trainer.end_epoch, []
+kill_name, _, kill_count = os.environ.get("KILL_AT", ":0").partition(":")
 
 def write_or_die(path, write):
-    if path.name == "best.pt":
-        best_writes.append(path)
-        if len(best_writes) == int(os.environ.get("KILL_AT_BEST_WRITE", 0)):
-            return real_write(path, lambda handle: (handle.write(b"PK"), handle.flush(), os.kill(os.getpid(), signal.SIGKILL)))
+    writes.append(path.name)
+    if path.name == kill_name and writes.count(kill_name) == int(kill_count):
+        return real_write(path, lambda handle: (handle.write(b"PK"), handle.flush(), os.kill(os.getpid(), signal.SIGKILL)))
     return real_write(path, write)
 
 def end_epoch(self):
     def scored_by_epoch(*args, **kwargs):
         metrics, captions = real_evaluate(*args, **kwargs)
-        return {**metrics, "bleu4": float(self.progress["epoch"] + 1)}, captions
+        return {**metrics, "bleu4": self.progress["epoch"] + 1 - float(os.environ.get("SCORE_OFFSET", 0))}, captions
     trainer.evaluate = scored_by_epoch
     try:
         real_end_epoch(self)
@@ -104,8 +104,8 @@ def test_a_run_dir_in_use_by_another_run_is_refused(tiny_run, tmp_path):
     assert "Traceback" not in second.stderr and not list(run_dir.glob("*.pt"))
 
 
-def rising_scores(*arguments: str, kill_at_best_write: int = 0) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "KILL_AT_BEST_WRITE": str(kill_at_best_write)}
+def rising_scores(*arguments: str, kill_at: str = ":0", score_offset: float = 0.0) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "KILL_AT": kill_at, "SCORE_OFFSET": str(score_offset)}
     return subprocess.run([sys.executable, "-c", RISING_SCORES, "--config", CONFIG, *arguments], cwd=REPO,
                           env=environment, capture_output=True, text=True, timeout=300)
 
@@ -113,7 +113,7 @@ def rising_scores(*arguments: str, kill_at_best_write: int = 0) -> subprocess.Co
 def test_kill_9_while_best_pt_is_written_then_resume_gives_the_uninterrupted_best(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(tiny_run.parent / "data", run_dir)
-    killed = rising_scores(*overrides, kill_at_best_write=2)  # killed while epoch 2's better model is written
+    killed = rising_scores(*overrides, kill_at="best.pt:2")  # killed while epoch 2's better model is written
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     last = torch.load(run_dir / "last.pt", weights_only=True)
     best = torch.load(run_dir / "best.pt", weights_only=True)
@@ -124,6 +124,22 @@ def test_kill_9_while_best_pt_is_written_then_resume_gives_the_uninterrupted_bes
     assert best["progress"]["epoch"] == last["progress"]["epoch"] == 2 and best["metrics"]["bleu4"] == 2.0
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])  # epoch 2, the best
     assert [json.loads(line)["epoch"] for line in (run_dir / "history.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_repeated_epoch_that_scores_lower_never_replaces_the_best_pt_on_disk(tiny_run, tmp_path):
+    """Killed after epoch 2's best.pt was written, before its last.pt: resume repeats epoch 2. On a GPU the
+    repeat need not score the same; here it scores 1.5 against best.pt's 2.0 (last.pt recorded 1.0)."""
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tiny_run.parent / "data", run_dir)
+    killed = rising_scores(*overrides, kill_at="last.pt:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    written = torch.load(run_dir / "best.pt", weights_only=True)
+    assert written["metrics"]["bleu4"] == 2.0 and list(run_dir.glob(".last.pt.*.tmp"))
+    resumed = rising_scores("--resume", str(run_dir), *overrides, score_offset=0.5)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    kept = torch.load(run_dir / "best.pt", weights_only=True)
+    assert kept["metrics"]["bleu4"] == 2.0 and all(torch.equal(kept["model"][k], written["model"][k]) for k in kept["model"])
+    assert not list(run_dir.glob(".*.tmp"))  # the killed save's leftover is gone
 
 
 def folder_dataset(root: Path, splits: dict[str, int]) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from captioner.checkpoint import CheckpointError
+from captioner.checkpoint import CheckpointError, read_checkpoint
 from captioner.config import Config, to_dict
 from captioner.data.records import DatasetFormatError
 from captioner.devices import available_device
@@ -130,11 +130,24 @@ def claim_run_dir(run_dir: Path, resume: Path | None, force: bool, history: list
         check_run_dir_is_free(run_dir, resume, force)
         for name in (*RUN_CHECKPOINTS, "metrics.json") if force else ("metrics.json",):
             (run_dir / name).unlink(missing_ok=True)
+        for leftover in run_dir.glob(".*.pt.*.tmp"):  # a save cut short by kill -9; nobody else writes here now
+            leftover.unlink(missing_ok=True)
         write_atomically(run_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history).encode())
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def best_score_on_disk(run_dir: Path, recorded: float) -> float:
+    """The best validation BLEU-4 to beat after a resume: `recorded` (last.pt's), or best.pt's own score
+    when that is higher. A kill between the two saves leaves best.pt one epoch ahead of last.pt; on a GPU
+    the repeated epoch need not score the same, and must not replace a better best.pt."""
+    best = run_dir / "best.pt"
+    if not best.is_file():
+        return recorded
+    score = read_checkpoint(best).get("metrics", {}).get("bleu4")
+    return max(recorded, score) if isinstance(score, (int, float)) else recorded
 
 
 def check_splits(splits: dict[str, list], root: str) -> None:

@@ -30,6 +30,7 @@ from captioner.training.setup import (
     StopOnSignal,
     TrainingInterrupted,
     autocast,
+    best_score_on_disk,
     build_optimizer,
     build_scheduler,
     check_run_dir_is_free,
@@ -87,6 +88,8 @@ class Trainer:
         if resumed:
             self.restore(resumed, resume)
         self.lock = claim_run_dir(self.run_dir, resume, force, self.history) if self.cluster.is_main else None
+        if resumed and resume.resolve().parent == self.run_dir.resolve():  # every rank: they decide alike
+            self.progress["best_bleu4"] = best_score_on_disk(self.run_dir, self.progress["best_bleu4"])
         if self.cluster.is_main:
             save_yaml(config, self.run_dir / "config.yaml")
         if self.cluster.enabled:
