@@ -125,7 +125,8 @@ def measure(checkpoint: Path, image: Path, uploads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None, help="checkpoint to serve (default: the default config, untrained)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint to serve (default: the default config, untrained)")
     parser.add_argument("--uploads", type=int, default=4, help="requests sent at the same moment (default: %(default)s)")
     parser.add_argument("--output", default=None, help="write the numbers to this JSON file")
     args = parser.parse_args(argv)

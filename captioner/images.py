@@ -216,7 +216,7 @@ def _composite_on_white(image: Image.Image, premultiplied: bool) -> Image.Image:
         if premultiplied:
             blended = np.minimum(color + 255 - alpha, 255)  # out = c_p + 255 − a  (c_p = c·a/255 already)
         else:
-            blended = (color * alpha + 255 * (255 - alpha) + 127) // 255  # out = (c·a + 255·(255 − a)) / 255, rounded
+            blended = (color * alpha + 255 * (255 - alpha) + 127) // 255  # out = (c·a + 255·(255 − a)) / 255
         if blended.shape[-1] == 1:  # La: grey -> RGB
             blended = np.repeat(blended, 3, axis=-1)  # (h, W, 3)
         output.paste(Image.fromarray(blended.astype(np.uint8)), (0, top))

@@ -62,8 +62,9 @@ def test_images_training_would_refuse_are_skipped_by_the_check_naming_full_paths
     assert code == 0, output.err[-2000:]
     warning = [line for line in output.out.splitlines() if line.startswith("warning: skipping")]
     assert len(warning) == 1 and "4 of 28 images (14.3%) are missing or unusable" in warning[0]
-    for name, reason in (("truncated.jpg", "truncated or corrupt image data"), ("portable.ppm", "not a supported image (expected JPEG"),
-                         ("strip.png", "aspect ratio 21.0:1"), ("huge.png", "the image declares 7000x7000 = 49,000,000 pixels")):
+    reasons = {"truncated.jpg": "truncated or corrupt image data", "portable.ppm": "not a supported image (expected JPEG",
+               "strip.png": "aspect ratio 21.0:1", "huge.png": "the image declares 7000x7000 = 49,000,000 pixels"}
+    for name, reason in reasons.items():
         assert f"{dataset / 'images' / name} ({reason}" in warning[0], name
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_images"] == GOOD["test"]  # the truncated test image left out

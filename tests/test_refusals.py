@@ -56,7 +56,8 @@ def test_numbers_out_of_range_are_refused_before_anything_is_written(tmp_path, c
     (["--beam-size", "0"], "--beam-size 0: expected an integer >= 1"),
     (["--max-length", "0"], "--max-length 0: expected an integer >= 1"),
     (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size -1: expected an integer >= 0"),
-    (["--output", "{tmp}/missing/metrics.json"], "--output {tmp}/missing/metrics.json: folder {tmp}/missing does not exist"),
+    (["--output", "{tmp}/missing/metrics.json"],
+     "--output {tmp}/missing/metrics.json: folder {tmp}/missing does not exist"),
     (["--output", "{tmp}"], "--output {tmp}: is a directory; name a JSON file"),
 ])
 def test_evaluation_refuses_bad_numbers_and_output_paths_in_one_line(tiny_run, tmp_path, capsys, flags, expected):
@@ -77,7 +78,8 @@ def crafted(tmp_path: Path, **model_settings) -> Path:
 
 
 @pytest.mark.parametrize("settings, expected", [
-    ({"backbone": "no_such_net"}, "the model config inside the checkpoint cannot be built (model.backbone='no_such_net'"),
+    ({"backbone": "no_such_net"},
+     "the model config inside the checkpoint cannot be built (model.backbone='no_such_net'"),
     ({"hidden_size": 12000}, "has shape (192, 32) in the checkpoint, but the config and vocabulary give (48000, 32)"),
     ({"num_layers": -1}, "invalid config or vocabulary inside the checkpoint (model.num_layers=-1"),
 ])

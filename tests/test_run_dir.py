@@ -32,13 +32,15 @@ import captioner.checkpoint as checkpoint
 from captioner.training import trainer
 import train
 
-real_write, real_evaluate, real_end_epoch, writes = checkpoint.write_atomically, trainer.evaluate, trainer.Trainer.end_epoch, []
+real_write, real_evaluate, real_end_epoch = checkpoint.write_atomically, trainer.evaluate, trainer.Trainer.end_epoch
+writes = []
 kill_name, _, kill_count = os.environ.get("KILL_AT", ":0").partition(":")
 
 def write_or_die(path, write):
     writes.append(path.name)
     if path.name == kill_name and writes.count(kill_name) == int(kill_count):
-        return real_write(path, lambda handle: (handle.write(b"PK"), handle.flush(), os.kill(os.getpid(), signal.SIGKILL)))
+        die = lambda handle: (handle.write(b"PK"), handle.flush(), os.kill(os.getpid(), signal.SIGKILL))
+        return real_write(path, die)
     return real_write(path, write)
 
 def end_epoch(self):
@@ -138,7 +140,8 @@ def test_a_repeated_epoch_that_scores_lower_never_replaces_the_best_pt_on_disk(t
     resumed = rising_scores("--resume", str(run_dir), *overrides, score_offset=0.5)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     kept = torch.load(run_dir / "best.pt", weights_only=True)
-    assert kept["metrics"]["bleu4"] == 2.0 and all(torch.equal(kept["model"][k], written["model"][k]) for k in kept["model"])
+    assert kept["metrics"]["bleu4"] == 2.0
+    assert all(torch.equal(kept["model"][k], written["model"][k]) for k in kept["model"])
     assert not list(run_dir.glob(".*.tmp"))  # the killed save's leftover is gone
 
 
