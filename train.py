@@ -3,13 +3,16 @@
     python train.py                                   # built-in shapes dataset, configs/shapes.yaml
     python train.py --config configs/shapes.yaml train.epochs=3 model.cell=gru
     python train.py --resume runs/shapes/last.pt      # continue an interrupted run
+    python train.py --force                           # start over in a run_dir that holds a run
     torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/training/distributed.py)
     python train.py --config configs/scorer.yaml      # a `task: scorer` config: the image–sentence scorer
 
 Every config key can be overridden as a dotted key=value word. At the end the best checkpoint is
 evaluated on the test split, <run_dir>/metrics.json is written and the run directory is printed.
-Exit codes: 0 done; 2 bad config, data, image, checkpoint or resume target, or run_dir not writable
-(refused before training); 3 non-finite loss, gradient or weight (checkpoints on disk untouched);
+A run_dir that holds another run's checkpoints is refused unless --resume continues that run or --force
+starts it over; a run_dir another train.py is writing to is refused too (it is locked while a run trains).
+Exit codes: 0 done; 2 bad config, data, image, checkpoint or resume target, or run_dir not writable,
+taken or in use (refused before training); 3 non-finite loss, gradient or weight (checkpoints on disk untouched);
 4 a write failed during the run, e.g. a full disk (the previous checkpoint is kept); 130 stopped by
 SIGINT/SIGTERM after finishing the current step (last.pt saved; continue with --resume), or at once
 by a second SIGINT (nothing more saved).
@@ -36,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file (default: %(default)s)")
     parser.add_argument("--resume", default=None,
                         help="checkpoint to continue from (e.g. runs/shapes/last.pt), or a run directory: its last.pt")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run in a run_dir that holds one (its last.pt, best.pt and history go)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
     args = parser.parse_args(argv)
+    if args.force and args.resume:
+        parser.error("--force starts a new run, --resume continues one: give one of them")
     if is_scorer_config(args.config):  # captioner/scorer/training.py trains and measures the scorer
         if args.resume:
             parser.error("--resume: a scorer run (task: scorer) cannot be resumed; start it again")
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         from captioner.training.trainer import Trainer  # after the config check: a bad key fails before torch loads
 
-        trainer = Trainer(config, resume=args.resume)
+        trainer = Trainer(config, resume=args.resume, force=args.force)
         metrics = trainer.fit()
     except (ConfigError, DatasetFormatError, CheckpointError, EncoderError, PermissionError, ValueError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)

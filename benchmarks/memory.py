@@ -5,7 +5,7 @@
 
 The benchmark writes a synthetic Karpathy JSON (dataset_coco.json) into a temporary folder: COCO-like
 captions of 8-16 words drawn from a 5,000-word Zipf vocabulary, and one tiny JPEG hard-linked under every
-image name (validate.py reads each header, so every file must exist; nothing is decoded). The loading is
+image name (validate.py decodes each one, so every file must exist; a tiny JPEG decodes fast). The loading is
 then measured in a fresh child process, so neither the generator nor an earlier run counts: RSS after the
 imports (torch included), after each stage, and the peak (VmHWM) at the end. CaptionedImages is built with
 no pixel bank (bank=None), as the engine does above BANK_BUDGET_BYTES: images then stream from disk.

@@ -2,7 +2,8 @@
 
     config = load_config("configs/shapes.yaml", ["train.epochs=3", "model.cell=gru"])
 
-Unknown keys and wrong types are refused with a `ConfigError` that names the dotted key path.
+Unknown keys, wrong types and numbers outside their range (`RANGES`) are refused with a `ConfigError`
+that names the dotted key path, when the config is loaded: before anything is written or allocated.
 YAML is read with `yaml.safe_load`, so `!!python/...` tags are refused too. The resolved config is
 saved inside every checkpoint (`to_dict`) and rebuilt from it (`from_dict`).
 """
@@ -128,9 +129,52 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# The values each number field accepts, in interval notation: "[1, inf)" means >= 1, "(0, inf)" means > 0,
+# "[0, 1)" means 0 <= x < 1. A value outside (NaN included) is refused when the config is loaded.
+RANGES: dict[str, str] = {
+    "data.val_fraction": "[0, 1)", "data.test_fraction": "[0, 1)", "data.max_bad_images": "[0, 1]",
+    "data.min_word_count": "[1, inf)", "data.max_caption_length": "[1, inf)",
+    "data.synthetic.num_train": "[1, inf)", "data.synthetic.num_val": "[0, inf)",
+    "data.synthetic.num_test": "[0, inf)", "data.synthetic.image_size": "[8, inf)",
+    "model.finetune_blocks": "[0, inf)", "model.embed_size": "[1, inf)", "model.hidden_size": "[1, inf)",
+    "model.num_layers": "[1, inf)", "model.dropout": "[0, 1)", "model.attention_size": "[0, inf)",
+    "model.image_size": "[0, 2048]",  # the encoder runs once at this side when the model is built
+    "train.epochs": "[0, inf)", "train.max_steps": "[0, inf)", "train.batch_size": "[1, inf)",
+    "train.captions_per_image": "[1, inf)", "train.learning_rate": "(0, inf)",
+    "train.encoder_learning_rate": "[0, inf)", "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)",
+    "train.grad_clip": "[0, inf)", "train.label_smoothing": "[0, 1)", "train.scheduled_sampling": "[0, 1]",
+    "train.self_critical_samples": "[1, inf)",  # self_critical_epochs and _learning_rate: self_critical.py
+    "train.num_workers": "[0, inf)", "train.threads": "[0, inf)",
+    "train.val_max_images": "[0, inf)", "train.log_every": "[1, inf)",
+    "eval.beam_size": "[1, inf)", "eval.val_beam_size": "[1, inf)", "eval.max_length": "[1, inf)",
+    "eval.no_repeat_ngram_size": "[0, inf)", "eval.batch_size": "[1, inf)",
+}
+_INTERVAL = re.compile(r"([\[(])(-?[\d.]+|-inf), (-?[\d.]+|inf)([\])])")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at `path`, then dotted `key=value` overrides."""
-    return load_dataclass(Config, path, overrides)
+    """Defaults, then the YAML file at `path`, then dotted `key=value` overrides; ranges checked."""
+    return check_ranges(load_dataclass(Config, path, overrides))
+
+
+def check_ranges(config: Config) -> Config:
+    """`config` itself, once every field named in RANGES lies in its interval; else the first offender."""
+    values = to_dict(config)
+    for path, interval in RANGES.items():
+        value = values
+        for key in path.split("."):
+            value = value[key]
+        if not in_interval(value, interval):
+            raise ConfigError(f"{path}={value!r}: expected a value in {interval}")
+    return config
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether `value` lies in `interval`, written as in RANGES; NaN lies in none."""
+    opening, low, high, closing = _INTERVAL.fullmatch(interval).groups()
+    low_ok = value >= float(low) if opening == "[" else value > float(low)
+    high_ok = value <= float(high) if closing == "]" else value < float(high)
+    return bool(low_ok and high_ok)
 
 
 def load_dataclass(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
@@ -144,8 +188,8 @@ def load_dataclass(cls: type[T], path: str | Path | None = None, overrides: Sequ
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    """Build a Config from nested plain values, checking every key and type."""
-    return _build(Config, values, prefix="")
+    """Build a Config from nested plain values, checking every key, type and range."""
+    return check_ranges(_build(Config, values, prefix=""))
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -20,6 +22,8 @@ from captioner.config import ConfigError
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.records import DatasetFormatError, ImageRecord
+from captioner.devices import DeviceError
+from captioner.files import write_atomically
 from captioner.metrics.bleu import bleu_scores
 from captioner.metrics.cider import CiderD
 from captioner.metrics.content import content_accuracy
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")
     args = parser.parse_args(argv)
+    refusal = check_arguments(args)
+    if refusal:
+        parser.error(refusal)  # one line, exit 2, before the checkpoint is read
     try:
         model = load_checkpoint(args.checkpoint, device=args.device)
         data_config = model.run_config.data
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         records = load_dataset(data_config)[args.split]
         if not records:
             raise DatasetFormatError(f"data.root={data_config.root}: the {args.split} split is empty")
-    except (CheckpointError, ConfigError, DatasetFormatError) as error:
+    except (CheckpointError, ConfigError, DatasetFormatError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     no_repeat = args.no_repeat_ngram_size
@@ -97,9 +104,25 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(metrics, indent=2))
     if args.output:
         examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]
-        with open(args.output, "w") as handle:
-            json.dump({"metrics": metrics, "captions": examples}, handle, indent=2)
+        write_atomically(args.output, json.dumps({"metrics": metrics, "captions": examples}, indent=2).encode())
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command's numbers or --output, as one line, or None."""
+    for flag, value, lowest in (("--beam-size", args.beam_size, 1), ("--max-length", args.max_length, 1),
+                                ("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)):
+        if value is not None and value < lowest:
+            return f"{flag} {value}: expected an integer >= {lowest}"
+    if args.output:
+        output = Path(args.output)
+        if output.is_dir():
+            return f"--output {output}: is a directory; name a JSON file"
+        if not output.parent.is_dir():
+            return f"--output {output}: folder {output.parent} does not exist"
+        if not os.access(output.parent, os.W_OK):
+            return f"--output {output}: folder {output.parent} is not writable"
+    return None
 
 
 if __name__ == "__main__":

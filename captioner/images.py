@@ -9,7 +9,9 @@ decoding is defensive, in this order:
    from the bytes, never from the file extension.
 2. Width x height is read from the header and checked against `max_pixels` and `max_aspect_ratio`
    BEFORE any pixel data is decoded, so a tiny file that declares 100000 x 100000 pixels is refused
-   without allocating. PIL's own `DecompressionBombError`/`Warning` are refused the same way.
+   without allocating. PIL's own `DecompressionBombError`/`Warning` are refused the same way. Images
+   above `LARGE_IMAGE_PIXELS` are decoded one at a time per process, and alpha is composited in
+   strips, so memory stays bounded however many large uploads arrive together.
 3. Only the first frame is decoded (animated GIF/PNG, multi-page TIFF), with
    `ImageFile.LOAD_TRUNCATED_IMAGES` forced off: a truncated file is an error, never grey-padded.
 4. The EXIF orientation tag is applied (`ImageOps.exif_transpose`); malformed EXIF is ignored.
@@ -28,8 +30,10 @@ display name (default: the file name without directories), so no server path rea
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 import warnings
 from typing import BinaryIO, Union
 
@@ -39,6 +43,10 @@ from PIL import Image, ImageFile, ImageOps
 MAX_PIXELS = 40_000_000  # width x height above this is refused (a 40 MP photo still loads)
 MAX_ASPECT_RATIO = 20.0  # long side / short side above this is refused (e.g. 1 x 10000 strips)
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # PIL format names that are decoded
+LARGE_IMAGE_PIXELS = 8_000_000  # images above this are decoded one at a time (a 40 MP RGBA decode is ~330 MB)
+_LARGE_DECODES = threading.Lock()
+ROWS_PER_STRIP = 256  # alpha is composited this many rows at a time (bounded temporaries)
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2..8 = mirrored and/or turned
 _JPEG_VARIANTS = ("MPO",)  # camera JPEGs with extra frames; PIL's JPEG plugin reports them as MPO
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image]
@@ -115,16 +123,20 @@ def _open_header(stream: BinaryIO, name: str) -> Image.Image:
 
 
 def _decode(image: Image.Image, name: str, max_pixels: int, max_aspect_ratio: float) -> Image.Image:
-    """Check format and size, decode the first frame, apply EXIF orientation, convert to RGB."""
+    """Check format and size, decode the first frame, apply EXIF orientation, convert to RGB.
+    Images above LARGE_IMAGE_PIXELS are decoded one at a time (per process), so that a burst of
+    huge uploads needs the memory of one decode at a time, not of all of them at once."""
     if image.format is not None and image.format not in ALLOWED_FORMATS + _JPEG_VARIANTS:
         raise ImageError(f"{name}: {image.format} images are not accepted (expected {_format_list()})")
     _check_size(image.size, name, max_pixels, max_aspect_ratio)
-    frame = _load_first_frame(image, name)
-    upright = _apply_exif_orientation(frame)
-    try:
-        return to_rgb(upright)
-    except ValueError as error:
-        raise ImageError(f"{name}: {error}") from None
+    large = image.size[0] * image.size[1] > LARGE_IMAGE_PIXELS
+    with _LARGE_DECODES if large else contextlib.nullcontext():
+        frame = _load_first_frame(image, name)
+        upright = _apply_exif_orientation(frame)
+        try:
+            return to_rgb(upright)
+        except ValueError as error:
+            raise ImageError(f"{name}: {error}") from None
 
 
 def _check_size(size: tuple[int, int], name: str, max_pixels: int, max_aspect_ratio: float) -> None:
@@ -165,18 +177,23 @@ def _load_first_frame(image: Image.Image, name: str) -> Image.Image:
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip as the EXIF Orientation tag says; a malformed EXIF block leaves pixels as stored."""
+    """Rotate/flip as the EXIF Orientation tag says; a malformed EXIF block leaves pixels as stored.
+    Without a turn to make, `image` itself comes back: exif_transpose would copy it (a 40 MP RGBA
+    upload is 160 MB), and `to_rgb` makes the new image anyway."""
     try:
+        if image.getexif().get(ORIENTATION_TAG, 1) == 1:
+            return image
         return ImageOps.exif_transpose(image)
     except Exception:  # camera firmware writes odd EXIF; the pixels themselves are fine
-        return image.copy()
+        return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """A new 8-bit RGB image from any PIL mode: alpha on white, high bit depths rescaled, not clipped."""
     mode = image.mode
     if mode in ("LA", "RGBA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in image.info):
-        return _composite_on_white(image.convert("RGBA"), premultiplied=False)
+        rgba = image if mode == "RGBA" else image.convert("RGBA")  # convert() would copy an RGBA image too
+        return _composite_on_white(rgba, premultiplied=False)
     if mode in ("La", "RGBa"):
         return _composite_on_white(image, premultiplied=True)
     if mode.startswith("I") or mode.startswith("F"):
@@ -188,17 +205,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _composite_on_white(image: Image.Image, premultiplied: bool) -> Image.Image:
-    """Blend colour bands over a white background using the last band as alpha."""
-    pixels = np.asarray(image).astype(np.int32)  # (H, W, C+1)
-    color, alpha = pixels[..., :-1], pixels[..., -1:]  # (H, W, C), (H, W, 1)
-    if premultiplied:
-        blended = np.minimum(color + 255 - alpha, 255)  # out = c_p + 255 − a  (c_p = c·a/255 already)
-    else:
-        blended = (color * alpha + 255 * (255 - alpha) + 127) // 255  # out = (c·a + 255·(255 − a)) / 255, rounded
-    blended = blended.astype(np.uint8)
-    if blended.shape[-1] == 1:  # La: grey -> RGB
-        blended = np.repeat(blended, 3, axis=-1)  # (H, W, 3)
-    return Image.fromarray(blended)
+    """Blend colour bands over a white background using the last band as alpha, one strip of rows at a
+    time in uint16 (c·a + 255·(255 − a) + 127 <= 65152 fits): a 40-megapixel upload needs the output and
+    one strip beside its pixels, not full-size int32 copies (about 2 GB)."""
+    width, height = image.size
+    output = Image.new("RGB", image.size)
+    for top in range(0, height, ROWS_PER_STRIP):
+        strip = np.asarray(image.crop((0, top, width, min(top + ROWS_PER_STRIP, height)))).astype(np.uint16)
+        color, alpha = strip[..., :-1], strip[..., -1:]  # (h, W, C), (h, W, 1)
+        if premultiplied:
+            blended = np.minimum(color + 255 - alpha, 255)  # out = c_p + 255 − a  (c_p = c·a/255 already)
+        else:
+            blended = (color * alpha + 255 * (255 - alpha) + 127) // 255  # out = (c·a + 255·(255 − a)) / 255
+        if blended.shape[-1] == 1:  # La: grey -> RGB
+            blended = np.repeat(blended, 3, axis=-1)  # (h, W, 3)
+        output.paste(Image.fromarray(blended.astype(np.uint8)), (0, top))
+    return output
 
 
 def _rescale_to_bytes(image: Image.Image) -> np.ndarray:

@@ -20,7 +20,8 @@ from captioner.config import Config, ConfigError, EvalConfig, ModelConfig, from_
 from captioner.decoders.attention import ATTENTION_QUERIES
 from captioner.decoders.show_and_tell import Decoder
 from captioner.decoding import Generation, beam_search, sample
-from captioner.encoders.backbones import Encoder, build_encoder
+from captioner.devices import available_device
+from captioner.encoders.backbones import Encoder, EncoderError, build_encoder
 from captioner.modes import evaluating
 from captioner.vocab import Vocabulary
 
@@ -142,7 +143,9 @@ def current_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Captioner:
     """Rebuild a ready-to-use `Captioner` (eval mode) from a checkpoint file. The run's whole config
-    and its metrics come along as `model.run_config` and `model.metrics`."""
+    and its metrics come along as `model.run_config` and `model.metrics`. Anything wrong with the
+    file or the model it describes is a CheckpointError naming it, before any large allocation."""
+    device = available_device(device)  # map_location="cuda" without CUDA would read as a damaged file
     payload = read_checkpoint(path, map_location=device)
     try:
         run_config = from_dict(payload["config"])
@@ -150,10 +153,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cap
     except (ConfigError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: invalid config or vocabulary inside the checkpoint ({error})") from None
     run_config.model.pretrained = False  # the checkpoint holds every weight; never download at load time
-    model = Captioner(run_config.model, vocab)
     weights = current_weights(payload["model"])
-    check_compatible(model.state_dict(), weights, path)
+    with torch.device("meta"):  # shapes only, no memory: a crafted config (hidden_size 20000) allocates nothing
+        check_compatible(_build_from_checkpoint(run_config.model, vocab, path).state_dict(), weights, path)
+    model = _build_from_checkpoint(run_config.model, vocab, path)  # now its weights are the checkpoint's size
     model.load_state_dict(weights)
     model.run_config = run_config
     model.metrics = payload.get("metrics", {})
     return model.to(device).eval()
+
+
+def _build_from_checkpoint(config: ModelConfig, vocab: Vocabulary, path: str | Path) -> Captioner:
+    """The Captioner a checkpoint's model config describes; a config this code cannot build is named."""
+    try:
+        return Captioner(config, vocab)
+    except (ConfigError, EncoderError, ValueError, TypeError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: the model config inside the checkpoint cannot be built ({reason})") from None

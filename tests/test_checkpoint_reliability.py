@@ -141,7 +141,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_exits_4(tmp_path, monkeypat
 
     def save_until_the_disk_fills(data, handle, *args, **kwargs):
         calls.append(handle)
-        if len(calls) < 3:  # epoch 1: last.pt, best.pt
+        if len(calls) < 3:  # epoch 1: best.pt, then last.pt (the tiny run does not improve in epoch 2)
             return real_save(data, handle, *args, **kwargs)
         saved["last.pt"] = (run_dir / "last.pt").read_bytes()
         handle.write(b"PK\x03\x04 half a checkpoint")

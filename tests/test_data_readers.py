@@ -306,8 +306,8 @@ def test_few_bad_images_are_skipped_with_one_warning(tmp_path, monkeypatch, min_
     kept = validate_images(splits, max_bad_fraction=0.05, log=messages.append)
     assert len(kept["train"]) == 38 and "000.png" not in {r.image_id for r in kept["train"]}
     assert len(messages) == 1
-    assert "2 of 40 images (5.0%)" in messages[0] and "000.png (missing)" in messages[0]
-    assert "001.png (unreadable: UnidentifiedImageError)" in messages[0]
+    assert "2 of 40 images (5.0%)" in messages[0] and f"{tmp_path / 'images' / '000.png'} (missing)" in messages[0]
+    assert f"{tmp_path / 'images' / '001.png'} (not a supported image (expected JPEG" in messages[0]
 
 
 def test_too_many_bad_images_abort_with_count_and_examples(tmp_path):

@@ -22,11 +22,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
+# Before PIL loads: image memory in 64 MB blocks, above glibc's 32 MB mmap ceiling, so a decoded upload's
+# memory returns to the system when freed; smaller blocks stay in each worker thread's malloc arena (~300 MB).
+os.environ.setdefault("PILLOW_BLOCK_SIZE", "64m")
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from captioner.checkpoint import CheckpointError  # noqa: E402
 from captioner.demo import gates  # noqa: E402
+from captioner.demo.errors import RefusingBlocks  # noqa: E402
 from captioner.demo.service import (  # noqa: E402
     DECODING_MODES,
     MAX_BATCH_IMAGES,
@@ -45,6 +49,7 @@ from captioner.demo.service import (  # noqa: E402
     read_upload,
     read_uploads,
 )
+from captioner.devices import DeviceError, available_device  # noqa: E402
 from captioner.images import ImageError  # noqa: E402
 from captioner.model import Captioner  # noqa: E402
 
@@ -53,6 +58,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "images"
 MAX_FILE_SIZE = "10mb"  # uploads above this are refused by Gradio before any decoding
 QUEUE_SIZE = 16  # requests waiting beyond this are turned away ("queue is full")
 CONCURRENCY = 2  # requests computed at once (the target machine has 2 cores)
+DELETE_CACHE = (600, 3600)  # every 10 minutes, uploads older than an hour leave Gradio's cache (no unbounded growth)
 
 
 class UploadedImage(gr.Image):
@@ -144,7 +150,7 @@ def build_app(models: ModelCatalog | Captioner) -> gr.Blocks:
     """The page. `models` is a ModelCatalog, or one Captioner already in memory."""
     catalog = models if isinstance(models, ModelCatalog) else ModelCatalog.single(models)
     handlers = Handlers(catalog)
-    with gr.Blocks(title="captioner", analytics_enabled=False) as app:
+    with RefusingBlocks(title="captioner", analytics_enabled=False, delete_cache=DELETE_CACHE) as app:
         gr.Markdown("# captioner\nA CNN encoder feeding a hand-written, explicit LSTM decoder: Show and Tell, "
                     "or with soft attention Show, Attend and Tell.")
         with gr.Row():
@@ -237,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads per request (default: cores / concurrent requests = %(default)s)")
     args = parser.parse_args(argv)
     try:
-        catalog = find_models(args.checkpoint, args.runs_dir, args.device)
-        catalog.get(catalog.labels[0])  # fail now, not on the first request
+        catalog = find_models(args.checkpoint, args.runs_dir, str(available_device(args.device)))
+        catalog.load_first(skip_unusable=not args.checkpoint, log=lambda line: print(line, file=sys.stderr))
     except FileNotFoundError as error:
         print(f"error: {error}. Train one first:\n    {TRAIN_COMMAND}", file=sys.stderr)
         return 2
-    except CheckpointError as error:
+    except (CheckpointError, DeviceError) as error:  # a named --checkpoint, or every run, does not load
         print(f"error: {error}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))  # CONCURRENCY requests at once share the cores

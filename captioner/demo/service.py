@@ -13,11 +13,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
 
+from captioner.checkpoint import CheckpointError
 from captioner.decoding import Generation
 from captioner.images import ImageError, load_image
 from captioner.model import Captioner, load_checkpoint
@@ -102,6 +103,20 @@ class ModelCatalog:
     @property
     def labels(self) -> list[str]:
         return list(self.checkpoints)
+
+    def load_first(self, skip_unusable: bool, log: Callable[[str], None]) -> str:
+        """Load the first checkpoint (the default choice) now, not on the first request, and return its
+        label. With skip_unusable, a checkpoint that does not load is named in one line of `log` and
+        dropped, and the next one is tried: one broken run does not keep the others from being served."""
+        while True:
+            label = self.labels[0]
+            try:
+                self.get(label)
+                return label
+            except CheckpointError as error:
+                if not skip_unusable or len(self.checkpoints) == 1:
+                    raise
+                log(f"warning: skipping {self.checkpoints.pop(label)}: {str(error).splitlines()[0]}")
 
     def get(self, label: str) -> Captioner:
         """The model for `label`; only labels of this catalog are accepted, never a path."""

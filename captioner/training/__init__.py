@@ -5,6 +5,6 @@
     self_critical.py  self-critical sequence training with a CIDEr-D reward (Rennie et al. 2017)
     distributed.py    torchrun/DDP helpers: ranks, sharded evaluation, synchronised stops
 
-May import: captioner.checkpoint, captioner.config, captioner.decoding, captioner.evaluation,
-captioner.model, captioner.vocab, captioner.data, captioner.metrics. Never gradio.
+May import: captioner.checkpoint, captioner.config, captioner.decoding, captioner.devices, captioner.files,
+captioner.evaluation, captioner.model, captioner.vocab, captioner.data, captioner.metrics. Never gradio.
 """

@@ -2,7 +2,10 @@
 learning-rate schedule, RNG snapshots for resume, and the errors that end a run early."""
 from __future__ import annotations
 
+import fcntl
+import json
 import math
+import os
 import random
 import signal
 import tempfile
@@ -11,8 +14,11 @@ from typing import Any
 
 import torch
 
-from captioner.checkpoint import CheckpointError
+from captioner.checkpoint import CheckpointError, read_checkpoint
 from captioner.config import Config, to_dict
+from captioner.data.records import DatasetFormatError
+from captioner.devices import available_device
+from captioner.files import write_atomically
 from captioner.model import Captioner
 
 EXIT_INTERRUPTED = 130  # train.py's exit code after a graceful stop on SIGINT/SIGTERM (last.pt saved)
@@ -76,6 +82,84 @@ def prepare_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+RUN_CHECKPOINTS = ("last.pt", "best.pt")  # a run_dir holding either of these holds a run
+LOCK_NAME = ".lock"  # run_dir/.lock: flock'ed by the run that writes there, holds its pid
+
+
+class RunDirTaken(ValueError):
+    """The run_dir holds another run, or another process is training into it (train.py exits 2)."""
+
+
+def check_run_dir_is_free(run_dir: Path, resume: Path | None, force: bool) -> None:
+    """Refuse a run_dir that already holds a run, unless this run resumes a checkpoint from it or --force."""
+    found = [name for name in RUN_CHECKPOINTS if (run_dir / name).exists()]
+    resuming_here = resume is not None and resume.resolve().parent == run_dir.resolve()
+    if found and not (force or resuming_here):
+        raise RunDirTaken(f"run_dir={run_dir} already holds a run ({', '.join(found)}); continue it with "
+                          f"--resume {run_dir}, start it over with --force, or set another run_dir=...")
+
+
+class RunDirLock:
+    """An exclusive flock on run_dir/.lock for as long as this run trains. The kernel drops it when the
+    process ends, kill -9 included, so a crashed run never leaves the directory locked."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.handle = open(run_dir / LOCK_NAME, "a+")  # closed (and so unlocked) by release() or garbage collection
+        try:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "?"
+            self.handle.close()
+            raise RunDirTaken(f"run_dir={run_dir} is in use by another training run (pid {holder}); "
+                              "wait for it to end, or set another run_dir=...") from None
+        self.handle.truncate(0)
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self) -> None:
+        self.handle.close()
+
+
+def claim_run_dir(run_dir: Path, resume: Path | None, force: bool, history: list[dict[str, Any]]) -> RunDirLock:
+    """Lock run_dir, check again that it is free (another run may have finished meanwhile), then make its
+    files this run's: --force removes the previous checkpoints, metrics.json goes, and history.jsonl is
+    rewritten from the checkpoint's history (a resume after a kill never repeats an epoch's line)."""
+    lock = RunDirLock(run_dir)
+    try:
+        check_run_dir_is_free(run_dir, resume, force)
+        for name in (*RUN_CHECKPOINTS, "metrics.json") if force else ("metrics.json",):
+            (run_dir / name).unlink(missing_ok=True)
+        for leftover in run_dir.glob(".*.pt.*.tmp"):  # a save cut short by kill -9; nobody else writes here now
+            leftover.unlink(missing_ok=True)
+        write_atomically(run_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history).encode())
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def best_score_on_disk(run_dir: Path, recorded: float) -> float:
+    """The best validation BLEU-4 to beat after a resume: `recorded` (last.pt's), or best.pt's own score
+    when that is higher. A kill between the two saves leaves best.pt one epoch ahead of last.pt; on a GPU
+    the repeated epoch need not score the same, and must not replace a better best.pt."""
+    best = run_dir / "best.pt"
+    if not best.is_file():
+        return recorded
+    score = read_checkpoint(best).get("metrics", {}).get("bleu4")
+    return max(recorded, score) if isinstance(score, (int, float)) else recorded
+
+
+def check_splits(splits: dict[str, list], root: str) -> None:
+    """Training needs train images, and val images to choose best.pt on: choosing it on the test split
+    would report a score the selection has already seen."""
+    for split, role in (("train", "to train on"), ("val", "to choose best.pt on (never the test split)")):
+        if not splits[split]:
+            raise DatasetFormatError(f"data.root={root}: the {split} split is empty; it needs images {role}. "
+                                     "Give some images that split, or leave out a folder CSV's split column "
+                                     "for a seeded random split")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -86,10 +170,7 @@ def resolve_device(name: str, threads: int) -> torch.device:
         torch.set_num_threads(threads)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name}: CUDA is not available on this machine; use train.device=cpu")
-    return device
+    return available_device(name, option="train.device=")
 
 
 PRECISIONS = ("fp32", "bf16")

@@ -30,9 +30,13 @@ from captioner.training.setup import (
     StopOnSignal,
     TrainingInterrupted,
     autocast,
+    best_score_on_disk,
     build_optimizer,
     build_scheduler,
+    check_run_dir_is_free,
     check_same_model,
+    check_splits,
+    claim_run_dir,
     prepare_run_dir,
     resolve_device,
     restore_rng,
@@ -48,7 +52,8 @@ BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this siz
 class Trainer:
     """Holds everything one run needs; `fit()` trains, validates, checkpoints and tests."""
 
-    def __init__(self, config: Config, resume: str | Path | None = None, log=print) -> None:
+    def __init__(self, config: Config, resume: str | Path | None = None, log=print, force: bool = False) -> None:
+        """force: start over in a run_dir that holds another run (train.py --force), removing its checkpoints."""
         self.config, self.log = config, log
         check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
@@ -57,6 +62,7 @@ class Trainer:
         if resumed:
             check_same_model(resumed["config"], config, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
+        check_run_dir_is_free(self.run_dir, resume, force)  # in seconds, before the data is read
         seed_everything(config.train.seed)
         self.device = resolve_device(config.train.device, config.train.threads)
         autocast(config.train.precision, self.device)  # a bad train.precision fails before any work
@@ -65,8 +71,7 @@ class Trainer:
             self.log = log = _quiet  # only rank 0 logs
         with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
             self.splits = load_dataset(config.data, log=log)
-        if not self.splits["train"]:
-            raise ValueError(f"data.root={config.data.root}: the train split is empty")
+        check_splits(self.splits, config.data.root)
         self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
             (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
         self.model = Captioner(config.model, self.vocab).to(self.device)
@@ -82,6 +87,9 @@ class Trainer:
         self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
         if resumed:
             self.restore(resumed, resume)
+        self.lock = claim_run_dir(self.run_dir, resume, force, self.history) if self.cluster.is_main else None
+        if resumed and resume.resolve().parent == self.run_dir.resolve():  # every rank: they decide alike
+            self.progress["best_bleu4"] = best_score_on_disk(self.run_dir, self.progress["best_bleu4"])
         if self.cluster.is_main:
             save_yaml(config, self.run_dir / "config.yaml")
         if self.cluster.enabled:
@@ -95,6 +103,14 @@ class Trainer:
         return distributed.steps_per_epoch(batches, self.cluster)
 
     def fit(self) -> dict[str, Any]:
+        """Train, validating and saving after every epoch, then test; run_dir stays locked until it returns."""
+        try:
+            return self.train_then_test()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def train_then_test(self) -> dict[str, Any]:
         train = self.config.train
         dataset = self.training_data()
         self.val_inputs = self.inputs(self.validation_records())
@@ -245,16 +261,15 @@ class Trainer:
         improved = metrics["bleu4"] > self.progress["best_bleu4"]
         if improved:
             self.progress["best_bleu4"] = metrics["bleu4"]
+            self.save("best.pt", metrics=metrics)  # before last.pt: a kill in between redoes this epoch on resume
         self.save("last.pt")
-        if improved:
-            self.save("best.pt", metrics=metrics)
 
     def evaluation_inputs(self, inputs: StoredFeatures | torch.Tensor | None) -> dict[str, Any]:
         """`inputs` (from `inputs()`) as the keyword `evaluate` expects: cached features or pixels."""
         return {"features": inputs} if self.feature_cache is not None else {"pixels": inputs}
 
     def validation_records(self) -> list[ImageRecord]:
-        records = self.splits["val"] or self.splits["test"]
+        records = self.splits["val"]  # never test: best.pt is chosen here (check_splits)
         limit = self.config.train.val_max_images
         return records[:limit] if limit else records
 

@@ -1,0 +1,145 @@
+"""The demo under worst-case uploads and malformed API calls, on the app as demo.py builds it: a
+40-megapixel RGBA PNG is captioned with bounded memory, the upload cache is cleaned, every refusal
+carries its message (never `{"error": null}`) and logs no traceback, and one broken checkpoint under
+--runs-dir does not keep the others from being served. Peak RSS under concurrent worst-case uploads
+is measured by benchmarks/demo_memory.py (docs/demo.md)."""
+from __future__ import annotations
+
+import io
+import json
+import tracemalloc
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from test_checkpoint import payload
+from test_model import make_model
+
+from captioner.checkpoint import save_checkpoint
+from captioner.demo import app as demo
+from captioner.demo.service import ModelCatalog
+from captioner.images import load_image
+
+gradio_client = pytest.importorskip("gradio_client")
+
+WORST_SIDE = 6300  # 39.7 MP: the largest square the loader accepts
+
+
+def rgba_png(path: Path, side: int) -> Path:
+    Image.new("RGBA", (side, side), (10, 200, 30, 128)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "tiny" / "best.pt"
+    path.parent.mkdir()
+    save_checkpoint(payload(make_model()), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(checkpoint):
+    """(base URL, app): demo.build_app + demo.launch_options, on a free port."""
+    app = demo.build_app(ModelCatalog({"tiny/best.pt": checkpoint}))
+    app.launch(**demo.launch_options(port=None), prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{app.server_port}", app
+    app.close()
+
+
+def test_worst_case_upload_is_captioned(served, tmp_path):
+    url, _ = served
+    image = rgba_png(tmp_path / "worst.png", WORST_SIDE)
+    assert image.stat().st_size < 300_000  # a small file ...
+    client = gradio_client.Client(url + "/", verbose=False)
+    caption = client.predict(gradio_client.handle_file(str(image)), 1, api_name="/caption")  # ... of 160 MB of RGBA
+    assert isinstance(caption, str) and caption
+
+
+def test_alpha_is_composited_in_strips_not_in_full_size_int32_copies(tmp_path):
+    """numpy's temporaries (tracemalloc sees them) stay at a few strips, whatever the image height; the
+    whole-image int32 arithmetic used ~16 bytes per pixel and channel (here over 300 MB)."""
+    path = rgba_png(tmp_path / "tall.png", 3000)
+    tracemalloc.start()
+    try:
+        image = load_image(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, f"{peak / 2**20:.0f} MB of numpy temporaries"
+    expected = [(c * 128 + 255 * 127 + 127) // 255 for c in (10, 200, 30)]  # (c·a + 255·(255 − a)) / 255
+    assert np.array_equal(np.asarray(image)[[0, 1500, 2999], [0, 2999, 1500]], [expected] * 3)
+
+
+def test_upload_cache_is_cleaned_on_a_schedule(served):
+    _, app = served
+    frequency, age = app.delete_cache
+    assert (frequency, age) == demo.DELETE_CACHE and 0 < frequency <= age <= 24 * 3600
+
+
+def call(url: str, api: str, data: list) -> str:
+    """A raw API call (what a script without gradio_client sends): the event stream's text."""
+    event = requests.post(f"{url}/gradio_api/call/{api}", json={"data": data}, timeout=30).json()["event_id"]
+    return requests.get(f"{url}/gradio_api/call/{api}/{event}", timeout=60).text
+
+
+def uploaded_png(url: str, content: bytes, name: str = "upload.png") -> dict:
+    path = requests.post(f"{url}/gradio_api/upload", files={"files": (name, content)}, timeout=30).json()[0]
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_refusals_carry_their_message_and_log_no_traceback(served, capfd):
+    url, _ = served
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, format="PNG")
+    good, text = uploaded_png(url, buffer.getvalue()), uploaded_png(url, b"not an image", "notes.png")
+    settings = [3, 20, "beam search", 1.0, "tiny/best.pt"]
+    cases = {
+        "notes.png: not a supported image": [text, *settings],
+        "Expected a `float`, but the value passed to the event handler was: 'abc'": [good, "abc", *settings[1:]],
+        "didn't receive enough input values (needed: 6, got: 1)": [good],
+        "Value 99 is greater than maximum value 10": [good, 99, *settings[1:]],
+        "is not in the list of choices": [good, *settings[:-1], "elsewhere/best.pt"],
+        "was not uploaded by a user": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, *settings],
+    }
+    capfd.readouterr()
+    for expected, data in cases.items():
+        stream = call(url, "caption", data)
+        assert stream.startswith("event: error"), stream[:200]
+        message = json.loads(stream.split("data:", 1)[1])["error"]
+        assert isinstance(message, str) and expected in message and "\n" not in message, (expected, message)
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out
+
+
+def test_an_internal_error_is_logged_once_and_answered_with_a_message(served, capfd, caplog, monkeypatch):
+    url, _ = served
+    monkeypatch.setattr(demo, "caption_images", lambda *args: 1 / 0)  # a bug inside a handler
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, format="PNG")
+    capfd.readouterr()
+    stream = call(url, "caption", [uploaded_png(url, buffer.getvalue()), 3, 20, "beam search", 1.0, "tiny/best.pt"])
+    assert "internal error" in json.loads(stream.split("data:", 1)[1])["error"]
+    failures = [record for record in caplog.records if record.name == "captioner.demo"]
+    assert len(failures) == 1 and failures[0].exc_info[0] is ZeroDivisionError  # its traceback, logged once
+    log = capfd.readouterr()
+    assert "Traceback" not in log.err + log.out  # and not printed a second time by Gradio
+
+
+def test_one_broken_checkpoint_under_runs_dir_does_not_stop_the_demo(checkpoint, tmp_path, monkeypatch, capsys):
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda app, **options: launched.append(app))
+    runs = tmp_path / "runs"
+    for name in ("a-broken", "b-good"):
+        (runs / name).mkdir(parents=True)
+    (runs / "a-broken" / "best.pt").write_bytes(b"PK\x03\x04 cut short")
+    (runs / "b-good" / "best.pt").write_bytes(checkpoint.read_bytes())
+    assert demo.main(["--runs-dir", str(runs)]) == 0 and len(launched) == 1
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith(f"warning: skipping {runs / 'a-broken' / 'best.pt'}: ") and "damaged" in warning
+    (runs / "b-good" / "best.pt").write_bytes(b"not a zip")  # now none loads: refused, naming the last one
+    assert demo.main(["--runs-dir", str(runs)]) == 2 and len(launched) == 1
+    assert "b-good/best.pt: checkpoint is damaged" in capsys.readouterr().err
