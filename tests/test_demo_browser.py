@@ -57,7 +57,7 @@ def test_upload_caption_and_look_inside(page, tiny_run, tmp_path):
     caption_box = page.locator("#caption-text textarea")
     page.wait_for_function("element => element.value.trim().length > 0", arg=caption_box.element_handle())
     assert caption_box.input_value() == expected
-    page.locator("#alternatives").get_by_text(expected, exact=True).first.wait_for()  # rank 1 is the caption
+    page.locator("#alternatives").get_by_text(expected, exact=True).filter(visible=True).first.wait_for()  # rank 1
     page.screenshot(path=str(tmp_path / "caption_tab.png"), full_page=True)
 
     page.get_by_role("tab", name="Inside the LSTM").click()
