@@ -80,7 +80,8 @@ def evaluate_single_process(checkpoint: Path, split: str, beam_size: int) -> tup
 def test_ddp_run_writes_once_from_rank_zero(ddp_run):
     run_dir, result = ddp_run
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
-    assert result.stdout.count(str(run_dir)) == 2  # the "vocabulary ... | run:" line and the final line, rank 0 only
+    # the "vocabulary ... | run:" line, the paths of best.pt and metrics.json, and the final line: rank 0 only
+    assert result.stdout.count(str(run_dir)) == 4
     assert result.stdout.count("data parallel: 2 processes (gloo) | batch 16 per process, effective 32") == 1
     history = (run_dir / "history.jsonl").read_text().splitlines()
     assert len(history) == 2  # one line per epoch: a second writer would double it
