@@ -22,7 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
 import torch  # noqa: E402
@@ -76,8 +76,11 @@ def batches(files: list[str], size: int) -> Iterator[list[str]]:
         yield files[start : start + size]
 
 
+BatchHook = Callable[[list[str], torch.Tensor, list[Generation]], None]
+
+
 def caption_files(model: Captioner, files: list[str], generate_options: dict[str, Any], batch_size: int,
-                  report_error, on_batch=None) -> Iterator[Captioned]:
+                  report_error: Callable[[str], None], on_batch: BatchHook | None = None) -> Iterator[Captioned]:
     """Read, batch and caption `files`; each unreadable file goes to `report_error(line)` and is skipped.
     `on_batch(files, pixels, generations)` sees every batch (the attention maps use it)."""
     for chunk in batches(files, batch_size):
