@@ -1,9 +1,11 @@
 """Attention maps (captioner/attention_maps.py): the weights recorded while a caption is replayed are the
 decoder's own (each word's sum to 1, the replay reproduces the search's score), recording leaves
-generation alone, and the figure has one panel per word."""
+generation alone, the figure has one panel per word, and on the built-in scenes a trained model's
+shape word looks at the grid cells that hold that shape in the scene's ground truth."""
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from PIL import Image
 
 from captioner import attention_maps
 from captioner.config import ModelConfig
+from captioner.data import shapes
+from captioner.data.batches import pad_sequences
 from captioner.decoders.attention import ATTENTION_QUERIES
 from captioner.model import Captioner
 from captioner.vocab import Vocabulary
@@ -102,3 +106,76 @@ def test_saved_figure_is_a_png(tmp_path):
     with Image.open(tmp_path / "map.png") as image:
         assert image.format == "PNG" and image.width > 300
     assert [path.name for path in tmp_path.iterdir()] == ["map.png"]  # no temporary file left
+
+
+# --- where a trained model looks, against the scenes' ground truth -------------------------------------------------
+
+GRID = 4  # small_cnn's map on a 64 px scene: cell (row, column) covers pixels [16 row, 16 row + 16) x [16 column, ...)
+
+
+def render_scenes(seed: int, count: int) -> list[tuple[dict, Image.Image, str]]:
+    """Built-in scenes of one or two objects (shapes.py), each with its plain caption ("a small red circle
+    to the left of a large blue square"): two objects make the decoder choose where to look."""
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    scenes = []
+    while len(scenes) < count:
+        scene = shapes.sample_scene(rng, 64)
+        if len(scene["objects"]) <= 2:
+            scenes.append((scene, shapes.render_scene(scene, noise), shapes.plain_caption(scene)))
+    return scenes
+
+
+def cells_holding(scene: dict, shape: str) -> np.ndarray:
+    """(GRID, GRID) bool: the cells that the bounding box of an object of `shape` overlaps."""
+    step, mask = 64 / GRID, np.zeros((GRID, GRID), dtype=bool)
+    for item in (item for item in scene["objects"] if item["shape"] == shape):
+        left, right = item["x"] - item["radius"], item["x"] + item["radius"]
+        top, bottom = item["y"] - item["radius"], item["y"] + item["radius"]
+        for row in range(GRID):
+            for column in range(GRID):
+                mask[row, column] = mask[row, column] or (
+                    right > column * step and left < (column + 1) * step and bottom > row * step and top < (row + 1) * step)
+    return mask
+
+
+@pytest.fixture(scope="module")
+def trained_on_scenes(one_thread) -> Captioner:
+    """The default decoder (Xu et al.'s h_{t-1} query), small, trained 300 steps on 1000 scenes (~30 s on one core)."""
+    scenes = render_scenes(seed=0, count=1000)
+    vocab = Vocabulary.build([caption for _, _, caption in scenes], 1)
+    torch.manual_seed(0)
+    model = Captioner(ModelConfig(embed_size=32, hidden_size=64, dropout=0.0, attention=True), vocab)
+    pixels = model.pixels([image for _, image, _ in scenes])  # (1000, 3, 64, 64)
+    captions = pad_sequences([vocab.encode(caption) for _, _, caption in scenes], vocab.pad_id)  # (1000, T)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        batch = torch.randint(0, len(scenes), (32,), generator=order)
+        _, loss = model(pixels[batch], captions[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_a_shape_word_looks_at_the_cells_that_hold_that_shape(trained_on_scenes):
+    model = trained_on_scenes
+    scenes = render_scenes(seed=1, count=150)  # a test batch the model never saw
+    pixels = model.pixels([image for _, image, _ in scenes])
+    generations = model.generate(pixels, beam_size=1, max_length=16)
+    mass: dict[str, list[float]] = {shape: [] for shape in shapes.SHAPES}
+    chance: dict[str, list[float]] = {shape: [] for shape in shapes.SHAPES}
+    for index, (generation, (scene, _, _)) in enumerate(zip(generations, scenes)):
+        trace = attention_maps.trace_attention(model, pixels[index : index + 1], generation.token_ids[0],
+                                               generation.finished[0])
+        for step, word in enumerate(generation.words[0]):
+            held = cells_holding(scene, word) if word in mass else None
+            if held is not None and held.any():  # the word names a shape that is in the scene
+                mass[word].append(float(trace.weights[step][held].sum()))  # α on those cells
+                chance[word].append(float(held.mean()))  # what uniform attention would put there
+    assert len(mass["triangle"]) >= 20
+    for shape in shapes.SHAPES:
+        looked, uniform = float(np.mean(mass[shape])), float(np.mean(chance[shape]))
+        assert looked > uniform + 0.1, f"{shape}: {looked:.2f} of the weight on its cells, uniform gives {uniform:.2f}"
+    triangle = float(np.mean(mass["triangle"]))
+    assert triangle > 0.5, f"'triangle' puts {triangle:.2f} of its weight on the triangles' cells"
