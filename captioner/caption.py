@@ -163,7 +163,21 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= {least}, got {getattr(args, name)}")
     if args.temperature < 0:
         parser.error(f"--temperature: expected a number >= 0, got {args.temperature}")
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def device_problem(name: str) -> str | None:
+    """Why `name` is not a device torch can use here (checked before the checkpoint is read), else None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name!r}: expected cpu, cuda or cuda:N"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}: no CUDA device is available on this machine"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         model = load_checkpoint(args.checkpoint, device=args.device)
-    except (CheckpointError, RuntimeError) as error:  # RuntimeError: a device torch cannot use
+    except CheckpointError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_REFUSED
     maps = None

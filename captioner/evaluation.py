@@ -30,6 +30,7 @@ from captioner.metrics.report import metric_table
 from captioner.metrics.rouge import corpus_rouge_l
 from captioner.model import Captioner, load_checkpoint
 from captioner.modes import evaluating
+from captioner.training import distributed
 from captioner.training.distributed import SINGLE, Cluster, run_sharded
 from captioner.vocab import tokenize
 
@@ -64,8 +65,9 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
     references = [[tokenize(text) for text in record.captions] for record in records]
     hypotheses = [tokenize(text) for text in captions]
     metrics.update(bleu_scores(hypotheses, references))
-    if meteor and references and cluster.is_main:  # one Java process per run, not one per rank
-        metrics.update(meteor_metric(hypotheses, references))
+    if meteor and references:  # rank 0 runs Java (one process per run, not per rank) and tells the others
+        scored = meteor_metric(hypotheses, references) if cluster.is_main else {}
+        metrics.update(distributed.gather_objects(scored, cluster)[0])
     if references:  # ROUGE-L and CIDEr-D ×100, CIDEr-D's frequencies from this split's references (as coco-caption)
         metrics["rouge_l"] = 100.0 * corpus_rouge_l(hypotheses, references)
         metrics["cider"] = 100.0 * CiderD(references).corpus_score(hypotheses, references)

@@ -17,7 +17,10 @@ from PIL import Image
 
 from captioner import load_checkpoint
 from captioner.caption import find_images
+from captioner.checkpoint import save_checkpoint
+from captioner.config import to_dict
 from captioner.images import load_image
+from captioner.model import Captioner
 
 EXAMPLES = sorted((REPO / "examples" / "images").glob("shapes_*.jpg"))
 
@@ -91,6 +94,20 @@ def test_refusals_exit_2(tiny_run, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "none.pt" in result.stderr
     result = run_caption("--checkpoint", str(tiny_run / "best.pt"), "--beam-size", "0", str(EXAMPLES[0]))
     assert result.returncode == 2 and "--beam-size" in result.stderr
+    result = run_caption("--checkpoint", str(tiny_run / "best.pt"), "--device", "gpu0", str(EXAMPLES[0]))
+    assert result.returncode == 2 and "--device 'gpu0': expected cpu, cuda or cuda:N" in result.stderr
+
+
+def test_attention_maps_of_a_model_without_attention_are_refused_with_a_sentence(tiny_run, tmp_path):
+    config = load_checkpoint(tiny_run / "best.pt").run_config
+    config.model.attention = False  # Show and Tell: one image vector, no weights to draw
+    model = Captioner(config.model, load_checkpoint(tiny_run / "best.pt").vocab)
+    save_checkpoint({"config": to_dict(config), "vocab": model.vocab.to_dict(), "model": model.state_dict()},
+                    tmp_path / "plain.pt")
+    result = run_caption("--checkpoint", str(tmp_path / "plain.pt"), "--attention-maps", str(tmp_path / "maps"),
+                         str(EXAMPLES[0]))
+    assert result.returncode == 2 and "has no attention" in result.stderr and not (tmp_path / "maps").exists()
+    assert run_caption("--checkpoint", str(tmp_path / "plain.pt"), str(EXAMPLES[0])).returncode == 0
 
 
 def test_find_images_keeps_order_and_drops_duplicates(mixed_folder):

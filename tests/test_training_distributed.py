@@ -72,7 +72,8 @@ def evaluate_single_process(checkpoint: Path, split: str, beam_size: int) -> tup
     torch.set_num_threads(1)
     try:
         settings = model.run_config.eval
-        return evaluate(model, records, split, beam_size, settings.max_length, settings.batch_size)
+        return evaluate(model, records, split, beam_size, settings.max_length, settings.batch_size,
+                        meteor=settings.meteor)
     finally:
         torch.set_num_threads(threads)
 
@@ -127,6 +128,7 @@ def test_ddp_run_resumes(ddp_run, data_root, tmp_path):
 
 REPORT_WEIGHTS = """
 import sys
+sys.path.insert(0, REPOSITORY)  # this checkout's captioner, not whichever one is installed
 from captioner.training import trainer as engine
 test = engine.Trainer.test
 def report_then_test(self):  # before test() loads best.pt into every rank; a file each: stdout interleaves
@@ -135,7 +137,6 @@ def report_then_test(self):  # before test() loads best.pt into every rank; a fi
         handle.write(repr(total))
     return test(self)
 engine.Trainer.test = report_then_test
-sys.path.insert(0, REPOSITORY)
 import train
 sys.exit(train.main(sys.argv[1:]))
 """
