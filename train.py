@@ -7,8 +7,10 @@
     torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/training/distributed.py)
     python train.py --config configs/scorer.yaml      # a `task: scorer` config: the image–sentence scorer
 
-Every config key can be overridden as a dotted key=value word. At the end the best checkpoint is
-evaluated on the test split, <run_dir>/metrics.json is written and the run directory is printed.
+Every config key can be overridden as a dotted key=value word. Each epoch prints one line (loss,
+validation scores, time, an example caption; the full record goes to <run_dir>/history.jsonl). At the
+end the best checkpoint is evaluated on the test split, <run_dir>/metrics.json is written, and the
+table of its scores, the paths of best.pt and metrics.json and, last, the run directory are printed.
 A run_dir that holds another run's checkpoints is refused unless --resume continues that run or --force
 starts it over; a run_dir another train.py is writing to is refused too (it is locked while a run trains).
 Exit codes: 0 done; 2 bad config, data, image, checkpoint or resume target, or run_dir not writable,
@@ -20,13 +22,13 @@ by a second SIGINT (nothing more saved).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from captioner.checkpoint import CheckpointError
 from captioner.config import ConfigError, load_config
 from captioner.data.records import DatasetFormatError
 from captioner.encoders.backbones import EncoderError
+from captioner.metrics.report import metric_table
 from captioner.scorer.training import is_scorer_config
 from captioner.scorer.training import main as train_scorer
 from captioner.training.setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
@@ -74,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         _leave_process_group()
     if not trainer.cluster.is_main:  # under torchrun, rank 0 prints the result
         return 0
-    summary = {k: metrics[k] for k in metrics if k not in ("examples", "history")}
-    print(json.dumps(summary, indent=2))
-    print(trainer.run_dir)
+    print(metric_table(metrics))
+    print(f"best checkpoint: {trainer.run_dir / 'best.pt'}")
+    print(f"test metrics:    {trainer.run_dir / 'metrics.json'}")
+    print(trainer.run_dir)  # the last line: where everything is
     return 0
 
 

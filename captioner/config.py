@@ -108,7 +108,8 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes for image decoding
     threads: int = 0  # torch CPU threads (0 = torch's default)
     val_max_images: int = 0  # validate on at most this many images (0 = all)
-    log_every: int = 50  # steps between progress-bar updates of the loss
+    log_every: int = 50  # steps between progress-bar updates of the loss (and TensorBoard points)
+    tensorboard: bool = False  # also log to <run_dir>/tensorboard (needs the `tensorboard` extra)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class EvalConfig:
     max_length: int = 20  # longest generated caption, in words
     no_repeat_ngram_size: int = 0  # beam search never repeats an n-gram within a caption (0 = off; 3 = trigrams)
     batch_size: int = 100  # images per generation batch
+    meteor: bool = True  # score METEOR too (starts Java once per run; left out, with a note, when Java is missing)
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Evaluation: free-running captions for a split, scored with BLEU-1..4, CIDEr-D (and content accuracy
-on the built-in scenes). Validation after each epoch and the final test use this same function, and the
+"""Evaluation: free-running captions for a split, scored with the coco-caption table (BLEU-1..4, METEOR,
+ROUGE-L, CIDEr-D; METEOR when Java is present) and content accuracy on the built-in scenes. Validation after each epoch and the final test use this same function, and the
 captions always come from `Captioner.generate`, never from teacher forcing.
 
 Command line (evaluate an existing checkpoint on a split):
@@ -9,6 +9,7 @@ Command line (evaluate an existing checkpoint on a split):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -27,8 +28,12 @@ from captioner.files import write_atomically
 from captioner.metrics.bleu import bleu_scores
 from captioner.metrics.cider import CiderD
 from captioner.metrics.content import content_accuracy
+from captioner.metrics.meteor import MeteorError, corpus_meteor, unavailable_reason
+from captioner.metrics.report import metric_table
+from captioner.metrics.rouge import corpus_rouge_l
 from captioner.model import Captioner, load_checkpoint
 from captioner.modes import evaluating
+from captioner.training import distributed
 from captioner.training.distributed import SINGLE, Cluster, run_sharded
 from captioner.vocab import tokenize
 
@@ -36,9 +41,10 @@ from captioner.vocab import tokenize
 @torch.no_grad()
 def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
              batch_size: int = 100, pixels: torch.Tensor | None = None, cluster: Cluster = SINGLE,
-             features: torch.Tensor | None = None, no_repeat_ngram_size: int = 0) -> tuple[dict[str, Any], list[str]]:
+             features: torch.Tensor | None = None, no_repeat_ngram_size: int = 0,
+             meteor: bool = True) -> tuple[dict[str, Any], list[str]]:
     """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files;
-    `features` (N, ...) from the feature cache skips the encoder too.
+    `features` (N, ...) from the feature cache skips the encoder too. meteor=False skips METEOR (Java).
     Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
     captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
@@ -62,7 +68,11 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
     references = [[tokenize(text) for text in record.captions] for record in records]
     hypotheses = [tokenize(text) for text in captions]
     metrics.update(bleu_scores(hypotheses, references))
-    if references:  # CIDEr-D ×100, document frequencies from this split's references (as coco-caption)
+    if meteor and references:  # rank 0 runs Java (one process per run, not per rank) and tells the others
+        scored = meteor_metric(hypotheses, references) if cluster.is_main else {}
+        metrics.update(distributed.gather_objects(scored, cluster)[0])
+    if references:  # ROUGE-L and CIDEr-D ×100, CIDEr-D's frequencies from this split's references (as coco-caption)
+        metrics["rouge_l"] = 100.0 * corpus_rouge_l(hypotheses, references)
         metrics["cider"] = 100.0 * CiderD(references).corpus_score(hypotheses, references)
     metrics["distinct_captions"] = len(set(captions))
     if records and all(record.scene is not None for record in records):
@@ -70,8 +80,26 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
     return metrics, captions
 
 
+def meteor_metric(hypotheses: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
+    """{"meteor": METEOR ×100}, or {} with one line on stderr (once per process) when it cannot run."""
+    reason = unavailable_reason()
+    if reason is None:
+        try:
+            return {"meteor": 100.0 * corpus_meteor(hypotheses, references)}
+        except MeteorError as error:
+            reason = f"METEOR left out: {error}"
+    _say_once(reason)
+    return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset split (BLEU-1..4).")
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset split "
+                                     "(BLEU-1..4, METEOR, ROUGE-L, CIDEr-D).")
     parser.add_argument("--checkpoint", required=True, help="path to a .pt checkpoint written by train.py")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to caption")
     parser.add_argument("--beam-size", type=int, default=3, help="beam width (1 = greedy)")
@@ -81,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="dataset directory (default: the one in the checkpoint's config)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")
+    parser.add_argument("--no-meteor", action="store_true", help="leave METEOR out (it needs Java and starts it)")
     args = parser.parse_args(argv)
     refusal = check_arguments(args)
     if refusal:
@@ -100,11 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     if no_repeat is None:
         no_repeat = model.run_config.eval.no_repeat_ngram_size
     metrics, captions = evaluate(model, records, args.split, args.beam_size, args.max_length,
-                                 no_repeat_ngram_size=no_repeat)
-    print(json.dumps(metrics, indent=2))
+                                 no_repeat_ngram_size=no_repeat, meteor=not args.no_meteor)
+    print(metric_table(metrics))
     if args.output:
         examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]
         write_atomically(args.output, json.dumps({"metrics": metrics, "captions": examples}, indent=2).encode())
+        print(f"metrics and captions: {args.output}")
     return 0
 
 

@@ -15,11 +15,12 @@ torch.set_num_threads(2)
 
 
 def tiny_overrides(data_root: Path, run_dir: Path) -> list[str]:
-    """A config small enough to train in seconds on one CPU core."""
+    """A config small enough to train in seconds on one CPU core. METEOR is off (no Java start-up per run);
+    tests/test_training_tensorboard.py turns it on in a run, test_metrics_rouge_meteor.py checks its value."""
     return [f"data.root={data_root}", f"run_dir={run_dir}", "data.synthetic.num_train=64",
             "data.synthetic.num_val=16", "data.synthetic.num_test=16", "model.embed_size=32",
             "model.hidden_size=48", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=2",
-            "train.threads=1", "eval.beam_size=2"]
+            "train.threads=1", "eval.beam_size=2", "eval.meteor=false"]
 
 
 @pytest.fixture(scope="module")
@@ -42,4 +43,5 @@ def tiny_run(tmp_path_factory) -> Path:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
+    (root / "stdout.txt").write_text(result.stdout)  # what the user saw (tests/test_train.py reads it)
     return run_dir

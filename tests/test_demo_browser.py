@@ -1,6 +1,6 @@
 """End to end in a real browser: Debian's chromium, driven by Playwright's sync API, against the demo
-launched in-process. Upload an image, wait for its caption, open "Inside the LSTM", check the plots
-rendered, and save a screenshot of each tab under the test's tmp dir.
+launched in-process. Upload an image, wait for its caption, open "Where it looked" and "Inside the
+LSTM", check the plots rendered, and save a screenshot of each tab under the test's tmp dir.
 
 CI installs chromium with apt-get (.ci/run); no browser is ever downloaded (never `playwright install`).
 """
@@ -59,6 +59,15 @@ def test_upload_caption_and_look_inside(page, tiny_run, tmp_path):
     assert caption_box.input_value() == expected
     page.locator("#alternatives").get_by_text(expected, exact=True).filter(visible=True).first.wait_for()  # rank 1
     page.screenshot(path=str(tmp_path / "caption_tab.png"), full_page=True)
+
+    page.get_by_role("tab", name="Where it looked").click()
+    page.locator("#attention-button").click()
+    attention = page.locator("#attention-plot img, #attention-plot canvas").first
+    attention.wait_for(state="visible")
+    box = attention.bounding_box()
+    assert box and box["width"] > 200 and box["height"] > 100, f"the attention figure did not render: {box}"
+    assert expected in page.locator("#attention-caption").inner_text()
+    page.screenshot(path=str(tmp_path / "attention_tab.png"), full_page=True)
 
     page.get_by_role("tab", name="Inside the LSTM").click()
     page.locator("#inside-button").click()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from captioner.vocab import SPECIAL_TOKENS
 def test_train_writes_checkpoints_and_metrics(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["beam_size"] == 2 and metrics["num_images"] == 16
-    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "content_accuracy"):
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "content_accuracy"):
         assert 0.0 <= metrics[key] <= 100.0, key
     assert 0.0 < metrics["cider"] <= 1000.0  # CIDEr-D x100 (10 per reference-identical caption)
     assert len(metrics["history"]) == 2
@@ -27,6 +28,26 @@ def test_train_writes_checkpoints_and_metrics(tiny_run):
         assert (tiny_run / name).is_file(), name
     raw = torch.load(tiny_run / "last.pt", weights_only=True)
     assert raw["progress"]["epoch"] == 2
+
+
+def test_console_shows_one_line_per_epoch_and_a_final_table(tiny_run):
+    """Readable output: one rounded line per epoch (the full record is history.jsonl), then the test table
+    and where best.pt and metrics.json are; the run directory stays the last line."""
+    lines = (tiny_run.parent / "stdout.txt").read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 2 and not any(line.lstrip().startswith("{") for line in lines)
+    for number, line in enumerate(epochs, start=1):
+        assert re.fullmatch(rf'epoch {number}/2  loss \d+\.\d{{3}}  val BLEU-4 \d+\.\d( {{2}}METEOR \d+\.\d)?'
+                            r'  CIDEr-D \d+\.\d  content \d+\.\d%( {2}\d+ s)?  e\.g\. ".*"', line), line
+    history = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines()]
+    assert all(key in history[0] for key in ("bleu1", "bleu4", "rouge_l", "cider", "train_loss"))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    table = lines[lines.index("test split, 16 images, beam 2") + 1 : -3]
+    assert [row.split()[0] for row in table] == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L",
+                                                 "CIDEr-D", "content"]
+    assert table[3].split()[-1] == f"{metrics['bleu4']:.1f}" and table[5].split()[-1] == f"{metrics['rouge_l']:.1f}"
+    assert lines[-3:] == [f"best checkpoint: {tiny_run / 'best.pt'}", f"test metrics:    {tiny_run / 'metrics.json'}",
+                          str(tiny_run)]
 
 
 def test_public_api_captions_pil_images(tiny_run):

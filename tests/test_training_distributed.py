@@ -72,7 +72,8 @@ def evaluate_single_process(checkpoint: Path, split: str, beam_size: int) -> tup
     torch.set_num_threads(1)
     try:
         settings = model.run_config.eval
-        return evaluate(model, records, split, beam_size, settings.max_length, settings.batch_size)
+        return evaluate(model, records, split, beam_size, settings.max_length, settings.batch_size,
+                        meteor=settings.meteor)
     finally:
         torch.set_num_threads(threads)
 
@@ -80,7 +81,8 @@ def evaluate_single_process(checkpoint: Path, split: str, beam_size: int) -> tup
 def test_ddp_run_writes_once_from_rank_zero(ddp_run):
     run_dir, result = ddp_run
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
-    assert result.stdout.count(str(run_dir)) == 2  # the "vocabulary ... | run:" line and the final line, rank 0 only
+    # the "vocabulary ... | run:" line, the paths of best.pt and metrics.json, and the final line: rank 0 only
+    assert result.stdout.count(str(run_dir)) == 4
     assert result.stdout.count("data parallel: 2 processes (gloo) | batch 16 per process, effective 32") == 1
     history = (run_dir / "history.jsonl").read_text().splitlines()
     assert len(history) == 2  # one line per epoch: a second writer would double it
@@ -126,6 +128,7 @@ def test_ddp_run_resumes(ddp_run, data_root, tmp_path):
 
 REPORT_WEIGHTS = """
 import sys
+sys.path.insert(0, REPOSITORY)  # this checkout's captioner, not whichever one is installed
 from captioner.training import trainer as engine
 test = engine.Trainer.test
 def report_then_test(self):  # before test() loads best.pt into every rank; a file each: stdout interleaves
@@ -134,7 +137,6 @@ def report_then_test(self):  # before test() loads best.pt into every rank; a fi
         handle.write(repr(total))
     return test(self)
 engine.Trainer.test = report_then_test
-sys.path.insert(0, REPOSITORY)
 import train
 sys.exit(train.main(sys.argv[1:]))
 """

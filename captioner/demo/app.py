@@ -1,16 +1,19 @@
-"""Web demo: caption one image or many, see the beam's alternatives, and look inside the LSTM.
+"""Web demo: caption one image or many, see the beam's alternatives, where the model looked, and inside the LSTM.
 
     python demo.py                                   # every checkpoint under runs/, a dropdown picks one
     python demo.py --checkpoint runs/shapes/best.pt --port 7860
     python demo.py --runs-dir /data/runs --host 0.0.0.0   # other machines may connect: your choice
+    GRADIO_SERVER_PORT=7999 GRADIO_SERVER_NAME=0.0.0.0 python demo.py   # Gradio's own variables work too
 
-Safe by default: binds 127.0.0.1 unless --host says otherwise, never creates a public share link,
+Address: an explicit --host/--port wins, then GRADIO_SERVER_NAME/GRADIO_SERVER_PORT, then 127.0.0.1:7860.
+Safe by default: binds 127.0.0.1 unless told otherwise, never creates a public share link,
 refuses uploads over 10 MB, keeps a bounded queue with limited concurrency, and has no flagging.
 Every upload is decoded by `captioner.images.load_image`, the loader training uses; a bad one gets a
 one-line `gr.Error` naming the file, with no traceback or server path, and the next request works.
 
 API (gradio_client): `/caption` (image, beam size, max length, decoding, temperature, model) -> str,
-`/caption_batch` (files, ...) -> (gallery, notes), `/inside` (image, ...) -> plots, `/model_summary`.
+`/caption_batch` (files, ...) -> (gallery, notes), `/attention` (image, ...) -> (header, plot),
+`/inside` (image, ...) -> plots, `/model_summary`.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ import torch  # noqa: E402
 
 from captioner.checkpoint import CheckpointError  # noqa: E402
 from captioner.demo import gates  # noqa: E402
+from captioner.demo.attention import EXPLANATION as ATTENTION_EXPLANATION  # noqa: E402
+from captioner.demo.attention import attention_view  # noqa: E402
 from captioner.demo.errors import RefusingBlocks  # noqa: E402
 from captioner.demo.service import (  # noqa: E402
     DECODING_MODES,
@@ -59,6 +64,7 @@ MAX_FILE_SIZE = "10mb"  # uploads above this are refused by Gradio before any de
 QUEUE_SIZE = 16  # requests waiting beyond this are turned away ("queue is full")
 CONCURRENCY = 2  # requests computed at once (the target machine has 2 cores)
 DELETE_CACHE = (600, 3600)  # every 10 minutes, uploads older than an hour leave Gradio's cache (no unbounded growth)
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860  # this machine only; Gradio's usual port
 
 
 class UploadedImage(gr.Image):
@@ -133,6 +139,15 @@ class Handlers:
         header = f"**Caption:** {caption_text(generation)}  \n*cell:* `{trace.cell}`, {len(trace.layers)} layer(s)"
         return header, gates.plot_gates(trace), gates.plot_cells(trace), gates.plot_probabilities(trace)
 
+    def look_where(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,
+                   decoding: str = BEAM_SEARCH, temperature: float = 1.0, model: str | None = None) -> tuple:
+        """-> (caption header, per-word attention figure, or None with a sentence for a model without attention)."""
+        with shown_to_user():
+            chosen, options = self.prepare(model, beam_size, max_length, decoding, temperature)
+            pixels = chosen.pixels([read_upload(image_path)])  # (1, 3, S, S)
+        generation = caption_pixels(chosen, pixels, options)[0]
+        return attention_view(chosen, pixels, generation, caption_text(generation))
+
     def describe(self, model: str | None = None) -> str:
         """The model summary (Markdown) for the dropdown's choice."""
         label = model or self.catalog.labels[0]
@@ -159,6 +174,8 @@ def build_app(models: ModelCatalog | Captioner) -> gr.Blocks:
             summary = gr.Markdown(handlers.describe(catalog.labels[0]), elem_id="model-summary")
         with gr.Tab("Caption", id="caption-tab"):
             image, settings = _caption_tab(handlers, model)
+        with gr.Tab("Where it looked", id="attention-tab"):
+            _attention_tab(handlers, image, settings)
         with gr.Tab("Inside the LSTM", id="inside-tab"):
             _inside_tab(handlers, image, settings)
         model.change(handlers.describe, model, summary, api_name="model_summary")
@@ -198,6 +215,15 @@ def _caption_tab(handlers: Handlers, model: gr.Dropdown) -> tuple[gr.Image, list
     return image, settings
 
 
+def _attention_tab(handlers: Handlers, image: gr.Image, settings: list) -> None:
+    gr.Markdown("Uses the image and decoding settings of the **Caption** tab. " + ATTENTION_EXPLANATION,
+                elem_id="attention-explanation")
+    button = gr.Button("Show where it looked", variant="primary", elem_id="attention-button")
+    header = gr.Markdown(elem_id="attention-caption")
+    plot = gr.Plot(label="Attention per word", format="png", elem_id="attention-plot")
+    button.click(handlers.look_where, [image, *settings], [header, plot], api_name="attention")
+
+
 def _inside_tab(handlers: Handlers, image: gr.Image, settings: list) -> None:
     gr.Markdown("Uses the image and decoding settings of the **Caption** tab. " + gates.EXPLANATION,
                 elem_id="inside-explanation")
@@ -209,7 +235,20 @@ def _inside_tab(handlers: Handlers, image: gr.Image, settings: list) -> None:
     button.click(handlers.look_inside, [image, *settings], [header, gate_plot, cells, probabilities], api_name="inside")
 
 
-def launch_options(host: str = "127.0.0.1", port: int | None = None) -> dict:
+def server_address(host: str | None, port: int | None, environment: dict[str, str]) -> tuple[str, int]:
+    """Explicit flags win, then Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, then 127.0.0.1:7860."""
+    host = host or environment.get("GRADIO_SERVER_NAME", "").strip() or DEFAULT_HOST
+    if port is None:
+        text = environment.get("GRADIO_SERVER_PORT", "").strip()
+        if text and not text.isdigit():
+            raise ValueError(f"GRADIO_SERVER_PORT={text[:20]!r}: expected a port number from 1 to 65535")
+        port = int(text) if text else DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port}: expected a port number from 1 to 65535")
+    return host, port
+
+
+def launch_options(host: str = DEFAULT_HOST, port: int | None = None) -> dict:
     """Keyword arguments for `launch`: the safe defaults, shared by main() and the tests."""
     return {"server_name": host, "server_port": port, "share": False, "max_file_size": MAX_FILE_SIZE,
             "show_error": False, "ssr_mode": False, "enable_monitoring": False, "mcp_server": False, "pwa": False,
@@ -236,12 +275,19 @@ def main(argv: list[str] | None = None) -> int:
                         "or the first run found under --runs-dir)")
     parser.add_argument("--runs-dir", default="runs",
                         help="offer every run's best.pt under this directory in a dropdown (default: %(default)s)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    parser.add_argument("--host", default=None, help=f"address to bind (default: $GRADIO_SERVER_NAME, else "
+                        f"{DEFAULT_HOST}, this machine only)")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"port (default: $GRADIO_SERVER_PORT, else {DEFAULT_PORT})")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // CONCURRENCY),
                         help="torch CPU threads per request (default: cores / concurrent requests = %(default)s)")
     args = parser.parse_args(argv)
+    try:
+        host, port = server_address(args.host, args.port, dict(os.environ))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         catalog = find_models(args.checkpoint, args.runs_dir, str(available_device(args.device)))
         catalog.load_first(skip_unusable=not args.checkpoint, log=lambda line: print(line, file=sys.stderr))
@@ -252,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, args.threads))  # CONCURRENCY requests at once share the cores
-    build_app(catalog).launch(**launch_options(args.host, args.port))
+    build_app(catalog).launch(**launch_options(host, port))
     return 0
 
 

@@ -4,6 +4,7 @@
     setup.py          the run directory, device, seeds, optimizer, schedule, signals, bf16 autocast
     self_critical.py  self-critical sequence training with a CIDEr-D reward (Rennie et al. 2017)
     distributed.py    torchrun/DDP helpers: ranks, sharded evaluation, synchronised stops
+    tensorboard.py    optional TensorBoard logging (train.tensorboard): losses, learning rate, validation
 
 May import: captioner.checkpoint, captioner.config, captioner.decoding, captioner.devices, captioner.files,
 captioner.evaluation, captioner.model, captioner.vocab, captioner.data, captioner.metrics. Never gradio.

@@ -21,6 +21,7 @@ from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batc
 from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
+from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
 from captioner.training import distributed
 from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
@@ -44,6 +45,7 @@ from captioner.training.setup import (
     rng_state,
     seed_everything,
 )
+from captioner.training.tensorboard import open_log, require_tensorboard
 from captioner.vocab import Vocabulary
 
 BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size per machine, else stream
@@ -56,6 +58,7 @@ class Trainer:
         """force: start over in a run_dir that holds another run (train.py --force), removing its checkpoints."""
         self.config, self.log = config, log
         check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
+        require_tensorboard(config.train.tensorboard)  # likewise: a missing package fails before any work
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
         resume = resume_target(resume) if resume else None
         resumed = read_checkpoint(resume) if resume else None  # a bad target fails before anything is written
@@ -92,6 +95,7 @@ class Trainer:
             self.progress["best_bleu4"] = best_score_on_disk(self.run_dir, self.progress["best_bleu4"])
         if self.cluster.is_main:
             save_yaml(config, self.run_dir / "config.yaml")
+        self.board = open_log(config.train.tensorboard and self.cluster.is_main, self.run_dir)
         if self.cluster.enabled:
             self.log(distributed.describe(self.cluster, config.train.batch_size, config.train.learning_rate,
                                           config.train.scale_lr))
@@ -177,6 +181,9 @@ class Trainer:
                 reward = {"reward": f"{self.progress['last_reward']:.3f}"} if epoch >= train.epochs else {}
                 bar.set_postfix(loss=f"{loss:.3f}", **reward, captions_per_s=f"{rate:.0f}",
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+                if self.board:
+                    self.board.step(self.progress["step"], loss, self.optimizer.param_groups[0]["lr"],
+                                    self.progress["last_reward"] if reward else None)
             if distributed.any_rank(stop.requested, self.cluster):
                 self.save("last.pt")
                 raise TrainingInterrupted(self.run_dir / "last.pt")
@@ -246,7 +253,8 @@ class Trainer:
         ev = self.config.eval
         distributed.sync_buffers(self.model, self.cluster)
         metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
-                                     ev.batch_size, no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, **self.evaluation_inputs(self.val_inputs))
+                                     ev.batch_size, no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster,
+                                     meteor=ev.meteor, **self.evaluation_inputs(self.val_inputs))
         self.progress["epoch"] += 1
         self.progress["batch"] = 0
         entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
@@ -254,7 +262,10 @@ class Trainer:
         if "reward_sum" in self.progress:  # self-critical: mean reward of the epoch's sampled captions
             entry["train_reward"] = round(self.progress.pop("reward_sum") / self.progress.pop("reward_steps"), 4)
         self.history.append(entry)
-        self.log(json.dumps(entry) + f" | e.g. '{captions[0]}'")
+        self.log(epoch_line(entry, self.config.train.epochs + self.config.train.self_critical_epochs, captions[0]))
+        if self.board:
+            self.board.epoch(self.progress["step"], metrics, captions,
+                             [record.captions[0] for record in self.validation_records()[: len(captions)]])
         if self.cluster.is_main:
             with open(self.run_dir / "history.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
@@ -317,12 +328,15 @@ class Trainer:
         ev = self.config.eval
         inputs = self.stored_features(records) if self.feature_cache is not None else None
         metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
-                                     no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, **self.evaluation_inputs(inputs))
+                                     no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, meteor=ev.meteor,
+                                     **self.evaluation_inputs(inputs))
         metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
         metrics["history"] = self.history
         if self.cluster.is_main:
             (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if self.board:
+            self.board.close()
         return metrics
 
 

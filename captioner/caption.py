@@ -1,0 +1,252 @@
+"""Caption image files from the command line, no web page needed.
+
+    python -m captioner.caption --checkpoint runs/shapes/best.pt photo.jpg holiday/ "scans/*.png"
+    python -m captioner.caption --checkpoint runs/shapes/best.pt --format jsonl --beam-size 5 photos/
+    python -m captioner.caption --checkpoint runs/shapes/best.pt --attention-maps maps/ photos/
+
+Each PATH is a file, a folder (searched recursively for image files) or a glob pattern. Every image
+is read by the project's one loader (`captioner.images.load_image`) and batches go through
+`Captioner.generate`, the generate() of validation, evaluation and the demo. Output on stdout:
+`file<TAB>caption` (text, default), one JSON object per image with the alternatives and their
+log-probabilities (jsonl), or a CSV with a header row (csv). A file that cannot be read or decoded
+gets one line on stderr naming it, and the others go on. Exit status: 0 all captioned, 1 some file
+failed, 2 nothing could start (bad checkpoint or option).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from captioner.checkpoint import CheckpointError  # noqa: E402
+from captioner.decoding import Generation  # noqa: E402
+from captioner.images import ImageError, load_image  # noqa: E402
+from captioner.model import Captioner, load_checkpoint  # noqa: E402
+from captioner.modes import evaluating  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")  # what a folder search keeps
+FORMATS = ("text", "jsonl", "csv")
+PROGRESS_FROM = 50  # images: fewer than this and no progress bar is drawn
+EXIT_SOME_FAILED, EXIT_REFUSED = 1, 2
+
+
+@dataclass
+class Captioned:
+    """One image's result: its alternatives best first (rank 0 is the caption)."""
+
+    file: str  # the path as found from the command line
+    captions: list[str]
+    log_probs: list[float]
+    finished: list[bool]
+
+
+def find_images(paths: list[str]) -> tuple[list[str], list[str]]:
+    """-> (image files in command-line order, one error line per PATH that names nothing).
+    Folders give their image files (by suffix, recursively, sorted); a file named directly is always
+    tried, whatever its suffix, so a mislabelled image still gets read or a clear error."""
+    found: list[str] = []
+    errors: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            errors += [] if files else [f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"]
+        elif os.path.exists(path):
+            files = [path]
+        elif glob.has_magic(path):
+            files = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+            errors += [] if files else [f"{path}: no file matches this pattern"]
+        else:
+            files, errors = [], errors + [f"{path}: no such file or folder"]
+        found += [file for file in files if file not in found]
+    return found, errors
+
+
+def batches(files: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(files), size):
+        yield files[start : start + size]
+
+
+BatchHook = Callable[[list[str], torch.Tensor, list[Generation]], None]
+
+
+def caption_files(model: Captioner, files: list[str], generate_options: dict[str, Any], batch_size: int,
+                  report_error: Callable[[str], None], on_batch: BatchHook | None = None) -> Iterator[Captioned]:
+    """Read, batch and caption `files`; each unreadable file goes to `report_error(line)` and is skipped.
+    `on_batch(files, pixels, generations)` sees every batch (the attention maps use it)."""
+    for chunk in batches(files, batch_size):
+        images, names = [], []
+        for file in chunk:
+            try:
+                images.append(load_image(file, name=file))
+                names.append(file)
+            except (ImageError, OSError) as error:
+                report_error(f"error: {_one_line(error)}")
+        if not images:
+            continue
+        with evaluating(model):
+            pixels = model.pixels(images)  # (B, 3, S, S) uint8
+            generations = model.generate(pixels, **generate_options)
+        if on_batch is not None:
+            on_batch(names, pixels, generations)
+        for name, generation in zip(names, generations):
+            yield Captioned(name, [" ".join(words) for words in generation.words], generation.log_probs,
+                            generation.finished)
+
+
+class Writer:
+    """Writes results to `stream` in one of FORMATS, flushed per image so a pipe sees them at once."""
+
+    def __init__(self, stream: TextIO, format_name: str) -> None:
+        self.stream, self.format_name = stream, format_name
+        self.csv = csv.writer(stream, lineterminator="\n") if format_name == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(["file", "caption", "log_prob"])
+
+    def write(self, result: Captioned) -> None:
+        if self.format_name == "jsonl":
+            alternatives = [{"caption": caption, "log_prob": round(log_prob, 4), "finished": finished}
+                            for caption, log_prob, finished in zip(result.captions, result.log_probs, result.finished)]
+            self.stream.write(json.dumps({"file": result.file, "caption": result.captions[0],
+                                          "log_prob": round(result.log_probs[0], 4),
+                                          "alternatives": alternatives}) + "\n")
+        elif self.csv is not None:
+            self.csv.writerow([result.file, result.captions[0], round(result.log_probs[0], 4)])
+        else:
+            self.stream.write(f"{result.file}\t{result.captions[0]}\n")
+        self.stream.flush()
+
+
+def generate_options(args: argparse.Namespace, model: Captioner) -> dict[str, Any]:
+    """`Captioner.generate` keywords from the command line; the checkpoint's own n-gram setting by default."""
+    if args.temperature > 0:
+        return {"temperature": args.temperature, "max_length": args.max_length, "seed": args.seed,
+                "num_samples": args.beam_size}
+    no_repeat = args.no_repeat_ngram_size
+    if no_repeat is None:
+        no_repeat = model.run_config.eval.no_repeat_ngram_size if model.run_config else 0
+    return {"beam_size": args.beam_size, "max_length": args.max_length, "no_repeat_ngram_size": no_repeat}
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m captioner.caption", description=__doc__.split("\n\n")[0],
+                                     epilog="Exit status: 0 all captioned, 1 some file failed, 2 refused.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint written by train.py (e.g. runs/shapes/best.pt)")
+    parser.add_argument("--beam-size", type=int, default=3,
+                        help="beam width, 1 = greedy (default: %(default)s); with --temperature, captions sampled per image")
+    parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words (default: %(default)s)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help="beam search never repeats an n-gram (0 = off; default: the checkpoint's setting)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sample the captions at this softmax temperature instead of beam search (0 = beam search)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling (default: a fresh draw)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per generate() call (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0 = torch's choice)")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help="text: file<TAB>caption; jsonl: adds the alternatives and log-probabilities; csv")
+    parser.add_argument("--attention-maps", metavar="DIR", default=None,
+                        help="also write, per image, a PNG of each word's attention over the image into DIR")
+    args = parser.parse_args(argv)
+    for name, least in (("beam_size", 1), ("max_length", 1), ("batch_size", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= {least}, got {getattr(args, name)}")
+    if args.temperature < 0:
+        parser.error(f"--temperature: expected a number >= 0, got {args.temperature}")
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def device_problem(name: str) -> str | None:
+    """Why `name` is not a device torch can use here (checked before the checkpoint is read), else None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name!r}: expected cpu, cuda or cuda:N"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}: no CUDA device is available on this machine"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model = load_checkpoint(args.checkpoint, device=args.device)
+    except CheckpointError as error:
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_REFUSED
+    maps = None
+    if args.attention_maps:
+        from captioner.attention_maps import NO_ATTENTION, has_attention  # matplotlib only when maps are asked for
+
+        if not has_attention(model):
+            print(f"error: --attention-maps: {args.checkpoint}: {NO_ATTENTION}", file=sys.stderr)
+            return EXIT_REFUSED
+        maps = AttentionMapWriter(model, Path(args.attention_maps))
+    files, errors = find_images(args.paths)
+    bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=len(files) < PROGRESS_FROM or None)
+    for line in errors:
+        tqdm.write(f"error: {line}", file=sys.stderr)
+    failures = len(errors)
+
+    def report_error(line: str) -> None:
+        nonlocal failures
+        failures += 1
+        tqdm.write(line, file=sys.stderr)
+
+    writer = Writer(sys.stdout, args.format)
+    for result in caption_files(model, files, generate_options(args, model), args.batch_size, report_error,
+                                maps.write if maps else None):
+        writer.write(result)
+        bar.update(1)
+    bar.update(len(files) - bar.n)  # the files that failed count as done
+    bar.close()
+    return EXIT_SOME_FAILED if failures else 0
+
+
+class AttentionMapWriter:
+    """`--attention-maps DIR`: one PNG per captioned image, DIR/<file stem>.png (-2, -3 ... on a clash)."""
+
+    def __init__(self, model: Captioner, folder: Path) -> None:
+        from captioner import attention_maps
+
+        self.model, self.folder, self.maps = model, folder, attention_maps
+        folder.mkdir(parents=True, exist_ok=True)
+        self.used: set[str] = set()
+
+    def write(self, files: list[str], pixels: torch.Tensor, generations: list[Generation]) -> None:
+        for index, (file, generation) in enumerate(zip(files, generations)):
+            trace = self.maps.trace_attention(self.model, pixels[index : index + 1], generation.token_ids[0],
+                                              generation.finished[0])
+            self.maps.save_attention_figure(trace, self.folder / self.name_for(file))
+
+    def name_for(self, file: str) -> str:
+        stem, number = Path(file).stem, 1
+        name = f"{stem}.png"
+        while name in self.used:
+            number += 1
+            name = f"{stem}-{number}.png"
+        self.used.add(name)
+        return name
+
+
+def _one_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
