@@ -23,14 +23,16 @@ CONFIG = str(REPO / "configs/shapes.yaml")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 
 # `python -m captioner.evaluation ARGS` in a child that prints its own peak RSS (MB) as the last line.
+# Peak RSS from VmHWM: getrusage's ru_maxrss survives fork + exec on Linux, so it would report the
+# size of the (large) pytest process that started this one; VmHWM belongs to the new address space.
 EVALUATION_WITH_PEAK_RSS = """
-import resource, runpy, sys
+import re, runpy, sys
 sys.argv = ["captioner.evaluation", *sys.argv[1:]]
 try:
     runpy.run_module("captioner.evaluation", run_name="__main__")
 except SystemExit as stop:
     code = stop.code
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) // 1024)
 sys.exit(code)
 """
 
