@@ -116,6 +116,9 @@ class EvalConfig:
     val_beam_size: int = 1  # beam width for the per-epoch validation BLEU
     max_length: int = 20  # longest generated caption, in words
     no_repeat_ngram_size: int = 0  # beam search never repeats an n-gram within a caption (0 = off; 3 = trigrams)
+    no_repeat_content_words: bool = False  # beam search uses each word outside vocab.FUNCTION_WORDS at most once
+    length_penalty: float = 0.0  # beam search ranks finished captions by log p / length**alpha (0 = raw log p)
+    allow_unknown_word: bool = False  # let captions hold <unk> (the raw model); <pad> and <start> are never generated
     batch_size: int = 100  # images per generation batch
 
 

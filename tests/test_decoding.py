@@ -8,8 +8,9 @@ import torch
 from test_model import make_model
 
 from captioner.config import EvalConfig
-from captioner.decoding import beam_search, repeated_ngram_words, sample
+from captioner.decoding import beam_search, repeated_ngram_words, sample, used_words
 from captioner.model import Captioner
+from captioner.vocab import SPECIAL_TOKENS
 
 
 def repeats_ngram(tokens: list[int], n: int) -> bool:
@@ -26,7 +27,8 @@ def decisive_model():
     return model
 
 
-def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_length: int, no_repeat: int = 0):
+def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_length: int, no_repeat: int = 0,
+                          once_only: set[int] = frozenset()):
     """One image, a Python list of beams: the textbook algorithm, kept as the oracle."""
     vocab, decoder = model.vocab, model.decoder
     beams = [([], 0.0, False, decoder.start(features[None]))]
@@ -39,7 +41,7 @@ def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_len
             last = torch.tensor([tokens[-1] if tokens else vocab.start_id])
             log_probs, new_state = decoder.step(last, state)
             for word, value in enumerate(log_probs[0].tolist()):
-                if no_repeat and repeats_ngram(tokens + [word], no_repeat):
+                if no_repeat and repeats_ngram(tokens + [word], no_repeat) or word in once_only and word in tokens:
                     continue
                 candidates.append((tokens + [word], score + value, word == vocab.end_id, new_state))
         beams = sorted(candidates, key=lambda beam: -beam[1])[:beam_size]
@@ -89,7 +91,8 @@ def test_no_repeat_ngram_beam_equals_the_reference_that_skips_repeats(beam_size,
 def test_decoding_defaults_are_stored_once_in_eval_config():
     defaults = EvalConfig()
     parameters = inspect.signature(Captioner.generate).parameters
-    for name in ("beam_size", "max_length", "no_repeat_ngram_size"):
+    for name in ("beam_size", "max_length", "no_repeat_ngram_size", "no_repeat_content_words", "allow_unknown_word",
+                 "length_penalty"):
         assert parameters[name].default == getattr(defaults, name), name
     assert inspect.signature(Captioner.caption).parameters["beam_size"].default == defaults.beam_size
     model = decisive_model()
@@ -97,6 +100,39 @@ def test_decoding_defaults_are_stored_once_in_eval_config():
     assert any(repeats_ngram(g.token_ids[0], 2) for g in model.generate(images, beam_size=2))  # default 0: free
     assert all(not repeats_ngram(g.token_ids[0], 2)
                for g in model.generate(images, beam_size=2, no_repeat_ngram_size=2))
+
+
+def test_used_words_marks_every_word_of_the_beam():
+    history = torch.tensor([[[5, 6, 5], [7, 7, 7]]])  # (B=1, K=2, T=3)
+    used = used_words(history, 10)  # (1, 2, 10)
+    assert used[0, 0].nonzero().flatten().tolist() == [5, 6]
+    assert used[0, 1].nonzero().flatten().tolist() == [7]
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_once_only_beam_equals_the_reference_that_skips_a_second_use(beam_size):
+    model = decisive_model()
+    once_only = torch.ones(len(model.vocab), dtype=torch.bool)
+    once_only[model.vocab.end_id] = False  # every word once: an untrained model surely wants some twice
+    marked = set(once_only.nonzero().flatten().tolist())
+    with torch.no_grad():
+        features = torch.randn(6, model.encoder.feature_dim)
+        free, blocked = (beam_search(model.decoder.step, model.decoder.start(features), model.vocab.start_id,
+                                     model.vocab.end_id, beam_size, 12, once_only=mask) for mask in (None, once_only))
+        assert any(len(set(r.token_ids[0]) & marked) < len([t for t in r.token_ids[0] if t in marked]) for r in free)
+        for index, result in enumerate(blocked):
+            tokens, score = reference_beam_search(model, features[index], beam_size, 12, once_only=marked)
+            assert result.token_ids[0] == tokens
+            assert result.log_probs[0] == pytest.approx(score, abs=1e-4)
+            content = [token for token in tokens if token in marked]
+            assert len(content) == len(set(content))
+
+
+def test_content_words_are_all_but_function_words_and_special_tokens():
+    model = make_model()
+    marked = {model.vocab.words[i] for i in model.content_words().nonzero().flatten().tolist()}
+    assert {"red", "circle", "blue", "square", "triangle"} <= marked
+    assert not marked & ({"a", "and", "two", "above"} | set(SPECIAL_TOKENS))
 
 
 def test_greedy_is_argmax_and_length_limit_falls_back():

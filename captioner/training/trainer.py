@@ -16,11 +16,11 @@ from tqdm import tqdm
 
 from captioner.checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from captioner.config import Config, save_yaml, to_dict
-from captioner.data import load_dataset
+from captioner.data import Splits, load_dataset
 from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
 from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
 from captioner.data.records import ImageRecord
-from captioner.evaluation import evaluate
+from captioner.evaluation import decoding_options, evaluate
 from captioner.model import Captioner
 from captioner.training import distributed
 from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
@@ -48,7 +48,8 @@ BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this siz
 class Trainer:
     """Holds everything one run needs; `fit()` trains, validates, checkpoints and tests."""
 
-    def __init__(self, config: Config, resume: str | Path | None = None, log=print) -> None:
+    def __init__(self, config: Config, resume: str | Path | None = None, log=print, splits: Splits | None = None) -> None:
+        """splits: the records per split to use instead of reading config.data (cross-validation's folds)."""
         self.config, self.log = config, log
         check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
@@ -64,7 +65,7 @@ class Trainer:
         if not self.cluster.is_main:
             self.log = log = _quiet  # only rank 0 logs
         with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
-            self.splits = load_dataset(config.data, log=log)
+            self.splits = splits if splits is not None else load_dataset(config.data, log=log)
         if not self.splits["train"]:
             raise ValueError(f"data.root={config.data.root}: the train split is empty")
         self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
@@ -181,8 +182,8 @@ class Trainer:
             group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
         self.model.eval()
         if self.self_critical is None:
-            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples,
-                                                  self.config.eval.max_length, train.self_critical_reward)
+            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples, self.config.eval.max_length,
+                                                  train.self_critical_reward, self.config.eval.allow_unknown_word)
 
     def self_critical_loss(self, features: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """SelfCriticalLoss of one batch; its samples depend only on (seed, step), so a resume replays them."""
@@ -230,7 +231,7 @@ class Trainer:
         ev = self.config.eval
         distributed.sync_buffers(self.model, self.cluster)
         metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
-                                     ev.batch_size, no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, **self.evaluation_inputs(self.val_inputs))
+                                     ev.batch_size, cluster=self.cluster, **decoding_options(ev), **self.evaluation_inputs(self.val_inputs))
         self.progress["epoch"] += 1
         self.progress["batch"] = 0
         entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
@@ -301,7 +302,7 @@ class Trainer:
         ev = self.config.eval
         inputs = self.stored_features(records) if self.feature_cache is not None else None
         metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
-                                     no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, **self.evaluation_inputs(inputs))
+                                     cluster=self.cluster, **decoding_options(ev), **self.evaluation_inputs(inputs))
         metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
         metrics["history"] = self.history
