@@ -131,6 +131,12 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def decoding_options(config: EvalConfig) -> dict[str, Any]:
+    """The eval section's caption controls, as keyword arguments of `Captioner.generate` and `evaluate`."""
+    return {"no_repeat_ngram_size": config.no_repeat_ngram_size, "no_repeat_content_words": config.no_repeat_content_words,
+            "allow_unknown_word": config.allow_unknown_word, "length_penalty": config.length_penalty}
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file at `path`, then dotted `key=value` overrides."""
     return load_dataclass(Config, path, overrides)

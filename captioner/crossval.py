@@ -30,10 +30,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from captioner.config import Config, ConfigError, load_config, to_dict
+from captioner.config import Config, ConfigError, decoding_options, load_config, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
-from captioner.evaluation import decoding_options, evaluate
+from captioner.evaluation import evaluate
 from captioner.files import write_atomically
 
 REPORTED = ("bleu1", "bleu4", "cider", "distinct_captions", "special_token_percent", "repeated_content_word_percent")

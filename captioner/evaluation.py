@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from captioner.checkpoint import CheckpointError
-from captioner.config import ConfigError, EvalConfig
+from captioner.config import ConfigError, decoding_options
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.records import DatasetFormatError, ImageRecord
@@ -75,12 +75,6 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
     if records and all(record.scene is not None for record in records):
         metrics.update(content_accuracy(captions, [record.scene for record in records]))
     return metrics, captions
-
-
-def decoding_options(config: EvalConfig) -> dict[str, Any]:
-    """The eval section's caption controls as `evaluate`'s keyword arguments."""
-    return {"no_repeat_ngram_size": config.no_repeat_ngram_size, "no_repeat_content_words": config.no_repeat_content_words,
-            "allow_unknown_word": config.allow_unknown_word, "length_penalty": config.length_penalty}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint
-from captioner.config import Config, ConfigError, EvalConfig, ModelConfig, from_dict
+from captioner.config import Config, ConfigError, EvalConfig, ModelConfig, decoding_options, from_dict
 from captioner.decoders.attention import ATTENTION_QUERIES
 from captioner.decoders.show_and_tell import Decoder
 from captioner.decoding import Generation, beam_search, sample
@@ -112,6 +112,11 @@ class Captioner(nn.Module):
         return torch.log_softmax(log_probs.index_fill(-1, torch.tensor(never, device=log_probs.device),
                                                       float("-inf")), dim=-1), state
 
+    def decoding_controls(self) -> dict[str, Any]:
+        """The run's eval.* repeat, <unk> and length controls (EvalConfig's defaults for a model that
+        was not loaded from a checkpoint), so the API and the demo caption as evaluation does."""
+        return decoding_options(self.run_config.eval if self.run_config else DECODING)
+
     def content_words(self) -> torch.Tensor:
         """(V,) bool: the words outside FUNCTION_WORDS and the special tokens, which a caption should
         say once (generate's no_repeat_content_words)."""
@@ -124,9 +129,11 @@ class Captioner(nn.Module):
 
     def caption(self, images: list[Image.Image], beam_size: int = DECODING.beam_size,
                 max_length: int = DECODING.max_length) -> list[str]:
-        """list[PIL.Image] -> list[str]: the public one-liner over `generate`."""
+        """list[PIL.Image] -> list[str]: the public one-liner over `generate`, with the checkpoint's
+        caption controls (`decoding_controls`)."""
         with evaluating(self):
-            generations = self.generate(self.pixels(images), beam_size=beam_size, max_length=max_length)
+            generations = self.generate(self.pixels(images), beam_size=beam_size, max_length=max_length,
+                                        **self.decoding_controls())
         return [" ".join(generation.words[0]) for generation in generations]
 
 

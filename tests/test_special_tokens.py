@@ -11,6 +11,7 @@ from test_model import make_model
 from test_train import run_evaluation
 
 from captioner.checkpoint import read_checkpoint, save_checkpoint
+from captioner.config import Config
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
 from captioner.metrics.repetition import caption_quality, repeated_content_words, shows_special_token
@@ -39,6 +40,18 @@ def test_captioner_caption_never_shows_a_special_token():
     assert all("<unk>" in generation.words[0] for generation in raw)  # the rule, not the model, removed it
     sampled = model.generate(model.pixels(photos()), temperature=1.0, seed=0, num_samples=4)
     assert not any("<unk>" in words for generation in sampled for words in generation.words)
+
+
+def test_caption_and_demo_follow_the_checkpoint_eval_settings():
+    """A run saved with eval.allow_unknown_word: true gets the raw model in the API and the demo too."""
+    from captioner.demo.service import DecodingOptions, caption_images
+
+    model = unknown_loving_model()
+    model.run_config = Config()
+    model.run_config.eval.allow_unknown_word = True
+    assert all("<unk>" in caption.split() for caption in model.caption(photos()))
+    generations = caption_images(model, photos(), DecodingOptions("greedy"))
+    assert all("<unk>" in generation.words[0] for generation in generations)
 
 
 def test_evaluate_never_shows_a_special_token_and_counts_them():

@@ -15,12 +15,12 @@ import torch
 from tqdm import tqdm
 
 from captioner.checkpoint import check_compatible, read_checkpoint, save_checkpoint
-from captioner.config import Config, save_yaml, to_dict
+from captioner.config import Config, decoding_options, save_yaml, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
 from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
 from captioner.data.records import ImageRecord
-from captioner.evaluation import decoding_options, evaluate
+from captioner.evaluation import evaluate
 from captioner.model import Captioner
 from captioner.training import distributed
 from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
