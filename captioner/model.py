@@ -26,6 +26,7 @@ from captioner.modes import evaluating
 from captioner.vocab import FUNCTION_WORDS, SPECIAL_TOKENS, Vocabulary
 
 DECODING = EvalConfig()  # generate()'s defaults: beam width, length, repeat controls, <unk>
+RETIRED_WEIGHTS = ("decoder.score.bias",)  # the attention score's bias: the softmax cancels it, it never learned
 
 
 class Captioner(nn.Module):
@@ -152,6 +153,11 @@ def build_decoder(config: ModelConfig, encoder: Encoder, vocab_size: int) -> nn.
         config.cell, config.dropout, config.attention_size, num_regions)
 
 
+def current_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights as this version names them: weights retired since it was saved are dropped."""
+    return {name: value for name, value in state.items() if name not in RETIRED_WEIGHTS}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Captioner:
     """Rebuild a ready-to-use `Captioner` (eval mode) from a checkpoint file. The run's whole config
     and its metrics come along as `model.run_config` and `model.metrics`."""
@@ -163,8 +169,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cap
         raise CheckpointError(f"{path}: invalid config or vocabulary inside the checkpoint ({error})") from None
     run_config.model.pretrained = False  # the checkpoint holds every weight; never download at load time
     model = Captioner(run_config.model, vocab)
-    check_compatible(model.state_dict(), payload["model"], path)
-    model.load_state_dict(payload["model"])
+    weights = current_weights(payload["model"])
+    check_compatible(model.state_dict(), weights, path)
+    model.load_state_dict(weights)
     model.run_config = run_config
     model.metrics = payload.get("metrics", {})
     return model.to(device).eval()

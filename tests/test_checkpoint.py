@@ -29,6 +29,17 @@ def test_round_trip_gives_identical_captions(tmp_path):
            [g.token_ids for g in model.generate(images, beam_size=3)]
 
 
+def test_a_checkpoint_with_the_retired_attention_score_bias_still_loads(tmp_path):
+    """Checkpoints saved before the attention score lost its bias (the softmax cancels it: it never learned)."""
+    model = make_model(decoder="attention_previous").eval()
+    old = payload(model)
+    old["model"] = {**old["model"], "decoder.score.bias": torch.tensor([0.1])}
+    save_checkpoint(old, tmp_path / "old.pt")
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    assert [g.token_ids for g in load_checkpoint(tmp_path / "old.pt").generate(images)] == \
+           [g.token_ids for g in model.generate(images)]
+
+
 def test_failed_save_keeps_previous_file_byte_identical(tmp_path, monkeypatch):
     model = make_model()
     path = tmp_path / "last.pt"

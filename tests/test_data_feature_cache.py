@@ -236,8 +236,8 @@ def test_training_step_on_cached_features_equals_running_the_frozen_encoder(tmp_
     assert torch.equal(captions, same_captions) and pixels.dtype == torch.uint8
     with torch.no_grad():
         torch.testing.assert_close(features, on_the_fly.model.encoder(pixels))  # the features are identical
-    for trainer in (cached, on_the_fly):  # compare gradients: Adam would blow rounding noise in a zero gradient
-        trainer.optimizer.step = lambda: None  # (the attention score's bias: softmax ignores it) up to a ±lr step
+    for trainer in (cached, on_the_fly):  # compare gradients, not Adam's steps: Adam would blow the rounding
+        trainer.optimizer.step = lambda: None  # noise of a near-zero gradient up to a whole ±lr step
     losses = [trainer.train_step(inputs, captions) for trainer, inputs in ((cached, features), (on_the_fly, pixels))]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     gradients = [{name: p.grad for name, p in trainer.model.named_parameters() if p.requires_grad}

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.decoders.show_and_tell import initial_state, memory_initialiser, output_layer
+from captioner.decoders.show_and_tell import initial_state, memory_initialiser
 from captioner.rnn.stacked import StackedLSTM
 
 
@@ -60,12 +60,12 @@ class AttentionDecoder(nn.Module):
         self.init_c = memory_initialiser(cell, embed_size, num_layers, hidden_size)
         self.region_keys = nn.Linear(embed_size, A)  # W_a
         self.state_query = nn.Linear(hidden_size, A)  # W_h
-        self.score = nn.Linear(A, 1)  # w
+        self.score = nn.Linear(A, 1, bias=False)  # w (a bias would cancel in the softmax over regions)
         self.context_gate = nn.Linear(hidden_size, embed_size)  # W_β
         self.embedding = nn.Embedding(vocab_size, embed_size)
         self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.dropout = nn.Dropout(dropout)
-        self.output = output_layer(hidden_size, vocab_size)
+        self.output = nn.Linear(hidden_size, vocab_size)
 
     def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """features (B, L, D) -> state (h, c, regions (L, B, E), keys (L, B, E)); h and c (layers, B, H)."""
@@ -122,11 +122,11 @@ class CurrentStateAttentionDecoder(nn.Module):
         self.global_projection = nn.Linear(region_dim, embed_size)  # W_g
         self.region_keys = nn.Linear(hidden_size, A)  # W_k
         self.state_query = nn.Linear(hidden_size, A)  # W_q
-        self.score = nn.Linear(A, 1)  # w
+        self.score = nn.Linear(A, 1, bias=False)  # w (a bias would cancel in the softmax over regions)
         self.embedding = nn.Embedding(vocab_size, embed_size)
         self.rnn = StackedLSTM(2 * embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.dropout = nn.Dropout(dropout)
-        self.output = output_layer(hidden_size, vocab_size)
+        self.output = nn.Linear(hidden_size, vocab_size)
 
     def image(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """features (B, L, D) -> regions V (B, L, H), their keys W_k V (B, L, A), v_g (B, E)."""

@@ -33,17 +33,6 @@ def memory_initialiser(cell: str, width: int, num_layers: int, hidden_size: int)
     return nn.Linear(width, num_layers * hidden_size) if cell in MEMORY_CELLS else None
 
 
-def output_layer(hidden_size: int, vocab_size: int) -> nn.Linear:
-    """W_o h + b_o -> logits (V,), initialised near zero (weights at a tenth of nn.Linear's range, bias 0):
-    the first predictions are near uniform, so the loss starts at ln V instead of paying for confident
-    random guesses, and every other layer still gets a gradient from the first step."""
-    layer = nn.Linear(hidden_size, vocab_size)
-    with torch.no_grad():
-        layer.weight.mul_(0.1)
-        layer.bias.zero_()
-    return layer
-
-
 IMAGE_INPUTS = ("first_input", "initial_state")  # where Decoder feeds the image (model.image_as)
 
 
@@ -67,7 +56,7 @@ class Decoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_size)
         self.rnn = StackedLSTM(embed_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.dropout = nn.Dropout(dropout)
-        self.output = output_layer(hidden_size, vocab_size)
+        self.output = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         """Teacher-forced logits. features (B, F), tokens (B*repeats, T) starting with <start> -> (B*repeats, T, V);

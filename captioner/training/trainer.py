@@ -21,7 +21,7 @@ from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batc
 from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
-from captioner.model import Captioner
+from captioner.model import Captioner, current_weights
 from captioner.training import distributed
 from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
 from captioner.training.setup import (
@@ -278,8 +278,9 @@ class Trainer:
             save_checkpoint(payload, self.run_dir / name)
 
     def restore(self, payload: dict[str, Any], path: str | Path) -> None:
-        check_compatible(self.model.state_dict(), payload["model"], path)
-        self.model.load_state_dict(payload["model"])
+        weights = current_weights(payload["model"])
+        check_compatible(self.model.state_dict(), weights, path)
+        self.model.load_state_dict(weights)
         base_rates = list(self.scheduler.base_lrs)
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
