@@ -117,6 +117,7 @@ class EvalConfig:
     max_length: int = 20  # longest generated caption, in words
     no_repeat_ngram_size: int = 0  # beam search never repeats an n-gram within a caption (0 = off; 3 = trigrams)
     no_repeat_content_words: bool = False  # beam search uses each word outside vocab.FUNCTION_WORDS at most once
+    content_word_repeat_penalty: float = 0.0  # else: subtracted from log p of a content word a beam already holds
     length_penalty: float = 0.0  # beam search ranks finished captions by log p / length**alpha (0 = raw log p)
     allow_unknown_word: bool = False  # let captions hold <unk> (the raw model); <pad> and <start> are never generated
     batch_size: int = 100  # images per generation batch
@@ -134,6 +135,7 @@ class Config:
 def decoding_options(config: EvalConfig) -> dict[str, Any]:
     """The eval section's caption controls, as keyword arguments of `Captioner.generate` and `evaluate`."""
     return {"no_repeat_ngram_size": config.no_repeat_ngram_size, "no_repeat_content_words": config.no_repeat_content_words,
+            "content_word_repeat_penalty": config.content_word_repeat_penalty,
             "allow_unknown_word": config.allow_unknown_word, "length_penalty": config.length_penalty}
 
 

@@ -13,8 +13,8 @@ ordinary training run (`Trainer`, so every config key means what it means in tra
 <output-dir>/seed-S/fold-I. Same dataset, k and seed: the same folds, whatever the config, so two
 configs are compared on the same images.
 
-`--compare eval.KEY=VALUE` scores each fold's checkpoint again with other decoding settings (e.g.
-eval.no_repeat_content_words=false): decoding is compared on the same weights, at no training cost.
+`--compare eval.KEY=VALUE[,eval.KEY=VALUE]` scores each fold's checkpoint again with other decoding
+settings (e.g. eval.no_repeat_content_words=false): decoding is compared on the same weights, at no training cost.
 One JSON file (--output) holds every fold's numbers and, per metric, the mean, the sample standard
 deviation over folds and seeds, and its standard error; it is rewritten after each fold.
 """
@@ -64,12 +64,14 @@ def fold_splits(records: Sequence[ImageRecord], folds: int, seed: int, val_fract
 
 
 def decoding_variants(config_path: str, overrides: Sequence[str], compare: Sequence[str]) -> dict[str, Config]:
-    """The config's own decoding, then one config per --compare eval.KEY=VALUE (checked like any override)."""
+    """The config's own decoding, then one config per --compare eval.KEY=VALUE[,eval.KEY=VALUE...]
+    (checked like any override)."""
     variants = {CONFIG_DECODING: load_config(config_path, overrides)}
-    for override in compare:
-        if not override.startswith("eval."):
-            raise ConfigError(f"--compare {override}: expected an eval.KEY=VALUE decoding setting")
-        variants[override] = load_config(config_path, [*overrides, override])
+    for variant in compare:
+        settings = variant.split(",")
+        if not all(setting.startswith("eval.") for setting in settings):
+            raise ConfigError(f"--compare {variant}: expected eval.KEY=VALUE decoding settings, separated by commas")
+        variants[variant] = load_config(config_path, [*overrides, *settings])
     return variants
 
 
@@ -126,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="each seed deals its own folds and seeds its runs")
     parser.add_argument("--val-fraction", type=float, default=0.13,
                         help="share of a fold's training images that chooses its checkpoint (default: %(default)s)")
-    parser.add_argument("--compare", action="append", default=[], metavar="eval.KEY=VALUE",
-                        help="also score every fold's checkpoint with this decoding setting (repeatable)")
+    parser.add_argument("--compare", action="append", default=[], metavar="eval.KEY=VALUE[,...]",
+                        help="also score every fold's checkpoint with these decoding settings (repeatable)")
     parser.add_argument("--output-dir", default=None, help="fold runs go here (default: <run_dir>/crossval)")
     parser.add_argument("--output", default=None, help="the JSON report (default: <output-dir>/crossval.json)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.dropout=0.5")

@@ -35,6 +35,7 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
              batch_size: int = 100, pixels: torch.Tensor | None = None, cluster: Cluster = SINGLE,
              features: torch.Tensor | None = None, no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size,
              no_repeat_content_words: bool = DECODING.no_repeat_content_words,
+             content_word_repeat_penalty: float = DECODING.content_word_repeat_penalty,
              allow_unknown_word: bool = DECODING.allow_unknown_word,
              length_penalty: float = DECODING.length_penalty) -> tuple[dict[str, Any], list[str]]:
     """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files;
@@ -56,6 +57,7 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
         generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length,
                                      no_repeat_ngram_size=no_repeat_ngram_size,
                                      no_repeat_content_words=no_repeat_content_words,
+                                     content_word_repeat_penalty=content_word_repeat_penalty,
                                      allow_unknown_word=allow_unknown_word, length_penalty=length_penalty)
         return [" ".join(generation.words[0]) for generation in generations]
 
@@ -63,6 +65,7 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
         captions = run_sharded(caption_batch, len(records), batch_size, cluster)
     metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "no_repeat_ngram_size": no_repeat_ngram_size,
                                "no_repeat_content_words": no_repeat_content_words,
+                               "content_word_repeat_penalty": content_word_repeat_penalty,
                                "allow_unknown_word": allow_unknown_word, "length_penalty": length_penalty,
                                "num_images": len(records)}
     references = [[tokenize(text) for text in record.captions] for record in records]
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="never repeat an n-gram in a caption (0 = off; default: the checkpoint's setting)")
     parser.add_argument("--no-repeat-content-words", action=argparse.BooleanOptionalAction, default=None,
                         help="say each content word at most once (default: the checkpoint's eval setting)")
+    parser.add_argument("--content-word-repeat-penalty", type=float, default=None,
+                        help="log-probability a content word's second use costs (default: the checkpoint's eval setting)")
     parser.add_argument("--allow-unknown-word", action=argparse.BooleanOptionalAction, default=None,
                         help="let captions show <unk>, the raw model (default: the checkpoint's eval setting)")
     parser.add_argument("--length-penalty", type=float, default=None,

@@ -81,13 +81,15 @@ class Captioner(nn.Module):
                  beam_size: int = DECODING.beam_size, max_length: int = DECODING.max_length,
                  no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size,
                  no_repeat_content_words: bool = DECODING.no_repeat_content_words,
+                 content_word_repeat_penalty: float = DECODING.content_word_repeat_penalty,
                  allow_unknown_word: bool = DECODING.allow_unknown_word, length_penalty: float = DECODING.length_penalty,
                  temperature: float = 0.0, seed: int | None = None, num_samples: int = 1) -> list[Generation]:
         """Caption a batch: beam search (beam_size 1 = greedy) or, with temperature > 0, sampling.
         Used by validation, evaluation, the API, the demo and self-critical training alike.
         <unk> is never generated unless allow_unknown_word; <pad> and <start> never are.
-        no_repeat_ngram_size and no_repeat_content_words apply to beam search; num_samples (sampling
-        only) draws that many captions per image, its alternatives. To rerank the alternatives with an
+        no_repeat_ngram_size, no_repeat_content_words (a content word at most once) and
+        content_word_repeat_penalty (else: its second use costs this much log-probability) apply to
+        beam search; num_samples (sampling only) draws that many captions per image, its alternatives. To rerank the alternatives with an
         image–sentence scorer, pass the result to `captioner.scorer.rerank.rerank_generations`."""
         if features is None:
             features = self.encoder(images)  # (B, F)
@@ -97,9 +99,11 @@ class Captioner(nn.Module):
         if temperature > 0:
             results = sample(step, state, vocab.start_id, vocab.end_id, max_length, temperature, seed, num_samples)
         else:
-            once_only = self.content_words().to(features.device) if no_repeat_content_words else None
+            penalty = float("inf") if no_repeat_content_words else content_word_repeat_penalty
+            content = self.content_words().to(features.device)  # (V,)
+            repeat_penalty = torch.where(content, penalty, 0.0) if penalty > 0 else None  # (V,)
             results = beam_search(step, state, vocab.start_id, vocab.end_id, beam_size, max_length, length_penalty,
-                                  no_repeat_ngram_size, once_only)
+                                  no_repeat_ngram_size, repeat_penalty)
         for result in results:
             result.words = [vocab.decode_tokens(tokens) for tokens in result.token_ids]
         return results

@@ -28,7 +28,7 @@ def decisive_model():
 
 
 def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_length: int, no_repeat: int = 0,
-                          once_only: set[int] = frozenset()):
+                          penalty: dict[int, float] | None = None):
     """One image, a Python list of beams: the textbook algorithm, kept as the oracle."""
     vocab, decoder = model.vocab, model.decoder
     beams = [([], 0.0, False, decoder.start(features[None]))]
@@ -41,8 +41,12 @@ def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_len
             last = torch.tensor([tokens[-1] if tokens else vocab.start_id])
             log_probs, new_state = decoder.step(last, state)
             for word, value in enumerate(log_probs[0].tolist()):
-                if no_repeat and repeats_ngram(tokens + [word], no_repeat) or word in once_only and word in tokens:
+                if no_repeat and repeats_ngram(tokens + [word], no_repeat):
                     continue
+                if penalty and word in penalty and word in tokens:
+                    if penalty[word] == float("inf"):
+                        continue
+                    value -= penalty[word]
                 candidates.append((tokens + [word], score + value, word == vocab.end_id, new_state))
         beams = sorted(candidates, key=lambda beam: -beam[1])[:beam_size]
         if all(beam[2] for beam in beams):
@@ -92,6 +96,7 @@ def test_decoding_defaults_are_stored_once_in_eval_config():
     defaults = EvalConfig()
     parameters = inspect.signature(Captioner.generate).parameters
     for name in ("beam_size", "max_length", "no_repeat_ngram_size", "no_repeat_content_words", "allow_unknown_word",
+                 "content_word_repeat_penalty",
                  "length_penalty"):
         assert parameters[name].default == getattr(defaults, name), name
     assert inspect.signature(Captioner.caption).parameters["beam_size"].default == defaults.beam_size
@@ -109,23 +114,23 @@ def test_used_words_marks_every_word_of_the_beam():
     assert used[0, 1].nonzero().flatten().tolist() == [7]
 
 
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_once_only_beam_equals_the_reference_that_skips_a_second_use(beam_size):
+@pytest.mark.parametrize("beam_size, penalty", [(1, float("inf")), (3, float("inf")), (3, 1.5)])
+def test_repeat_penalty_beam_equals_the_reference_that_charges_a_second_use(beam_size, penalty):
     model = decisive_model()
-    once_only = torch.ones(len(model.vocab), dtype=torch.bool)
-    once_only[model.vocab.end_id] = False  # every word once: an untrained model surely wants some twice
-    marked = set(once_only.nonzero().flatten().tolist())
+    penalties = torch.full((len(model.vocab),), penalty)
+    penalties[model.vocab.end_id] = 0.0  # every word but <end>: an untrained model surely wants some twice
+    marked = {word: penalty for word in range(len(model.vocab)) if word != model.vocab.end_id}
     with torch.no_grad():
         features = torch.randn(6, model.encoder.feature_dim)
-        free, blocked = (beam_search(model.decoder.step, model.decoder.start(features), model.vocab.start_id,
-                                     model.vocab.end_id, beam_size, 12, once_only=mask) for mask in (None, once_only))
-        assert any(len(set(r.token_ids[0]) & marked) < len([t for t in r.token_ids[0] if t in marked]) for r in free)
-        for index, result in enumerate(blocked):
-            tokens, score = reference_beam_search(model, features[index], beam_size, 12, once_only=marked)
+        free, charged = (beam_search(model.decoder.step, model.decoder.start(features), model.vocab.start_id,
+                                     model.vocab.end_id, beam_size, 12, repeat_penalty=p) for p in (None, penalties))
+        assert any(len(set(r.token_ids[0])) < len(r.token_ids[0]) for r in free)
+        for index, result in enumerate(charged):
+            tokens, score = reference_beam_search(model, features[index], beam_size, 12, penalty=marked)
             assert result.token_ids[0] == tokens
             assert result.log_probs[0] == pytest.approx(score, abs=1e-4)
-            content = [token for token in tokens if token in marked]
-            assert len(content) == len(set(content))
+            if penalty == float("inf"):
+                assert len(tokens) == len(set(tokens))
 
 
 def test_content_words_are_all_but_function_words_and_special_tokens():
