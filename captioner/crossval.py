@@ -75,13 +75,14 @@ def decoding_variants(config_path: str, overrides: Sequence[str], compare: Seque
     return variants
 
 
-def run_fold(config: Config, splits: Splits, variants: dict[str, Config]) -> dict[str, Any]:
-    """Train on splits["train"], choose on splits["val"], score on splits["test"] with every decoding variant."""
+def run_fold(config: Config, splits: Splits, variants: dict[str, Config], rescore: bool = False) -> dict[str, Any]:
+    """Train on splits["train"], choose on splits["val"], score on splits["test"] with every decoding variant.
+    rescore: skip the training and score the fold's best.pt from an earlier run of the same folds."""
     from captioner.training.trainer import Trainer  # torch loads after the arguments are checked
 
     started = time.perf_counter()
-    trainer = Trainer(config, splits=splits)
-    tested = trainer.fit()  # leaves the best checkpoint's weights in trainer.model
+    trainer = Trainer(config, splits=splits, resume=Path(config.run_dir) / "best.pt" if rescore else None)
+    history = trainer.history if rescore else trainer.fit()["history"]  # fit leaves the best weights in the model
     held_out = splits["test"]
     inputs = trainer.evaluation_inputs(trainer.inputs(held_out))
     scores = {}
@@ -90,7 +91,6 @@ def run_fold(config: Config, splits: Splits, variants: dict[str, Config]) -> dic
         metrics, _ = evaluate(trainer.model, held_out, "test", ev.beam_size, ev.max_length, ev.batch_size,
                               **decoding_options(ev), **inputs)
         scores[name] = {key: metrics[key] for key in REPORTED}
-    history = tested.get("history", [])
     best = max(history, key=lambda entry: entry["bleu4"]) if history else {}
     return {"seconds": round(time.perf_counter() - started, 1), "best_epoch": best.get("epoch"),
             "best_val_bleu4": best.get("bleu4"), "images": {split: len(splits[split]) for split in SPLITS},
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of a fold's training images that chooses its checkpoint (default: %(default)s)")
     parser.add_argument("--compare", action="append", default=[], metavar="eval.KEY=VALUE[,...]",
                         help="also score every fold's checkpoint with these decoding settings (repeatable)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="train nothing: score each fold's best.pt in --output-dir again (new --compare settings)")
     parser.add_argument("--output-dir", default=None, help="fold runs go here (default: <run_dir>/crossval)")
     parser.add_argument("--output", default=None, help="the JSON report (default: <output-dir>/crossval.json)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.dropout=0.5")
@@ -147,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     header = {"config": args.config, "overrides": args.overrides, "folds": args.folds, "seeds": args.seeds,
-              "val_fraction": args.val_fraction, "resolved_config": to_dict(config)}
+              "val_fraction": args.val_fraction, "rescored": args.rescore, "resolved_config": to_dict(config)}
     runs: list[dict[str, Any]] = []
     for seed, splits_of_folds in folds.items():
         for fold, splits in enumerate(splits_of_folds):
             fold_config = load_config(args.config, [*args.overrides, f"train.seed={seed}",
                                                     f"run_dir={output_dir / f'seed-{seed}' / f'fold-{fold}'}"])
-            runs.append({"seed": seed, "fold": fold, **run_fold(fold_config, splits, variants)})
+            runs.append({"seed": seed, "fold": fold, **run_fold(fold_config, splits, variants, args.rescore)})
             write_report(output, header, runs)
     print_summary(summarise(runs))
     print(output)

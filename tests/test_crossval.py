@@ -68,6 +68,13 @@ def test_crossval_command_on_a_tiny_dataset(tmp_path, capsys):
     for variant in report["summary"].values():
         assert set(variant) == set(REPORTED) and all(metric["n"] == 2 for metric in variant.values())
     assert str(output) in capsys.readouterr().out
+    again = tmp_path / "again.json"  # the same folds' checkpoints, scored again without training
+    assert main(["--config", str(REPO / "configs/shapes.yaml"), "--folds", "2", "--seeds", "3", "--rescore",
+                 "--output", str(again), *overrides]) == 0
+    rescored = json.loads(again.read_text())
+    assert rescored["rescored"] and [run["held_out"] for run in rescored["runs"]] == [run["held_out"] for run in report["runs"]]
+    assert [run["scores"]["config"] for run in rescored["runs"]] == [run["scores"]["config"] for run in report["runs"]]
+    assert [run["best_epoch"] for run in rescored["runs"]] == [run["best_epoch"] for run in report["runs"]]
 
 
 def test_crossval_refuses_a_compared_setting_outside_eval(tmp_path, capsys):
