@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from captioner.checkpoint import check_compatible, read_checkpoint
 from captioner.config import Config, ConfigError, decoding_options, load_config, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
@@ -81,8 +82,12 @@ def run_fold(config: Config, splits: Splits, variants: dict[str, Config], rescor
     from captioner.training.trainer import Trainer  # torch loads after the arguments are checked
 
     started = time.perf_counter()
-    trainer = Trainer(config, splits=splits, resume=Path(config.run_dir) / "best.pt" if rescore else None)
-    history = trainer.history if rescore else trainer.fit()["history"]  # fit leaves the best weights in the model
+    trainer = Trainer(config, splits=splits)
+    if rescore:
+        saved = read_checkpoint(Path(config.run_dir) / "best.pt")
+        check_compatible(trainer.model.state_dict(), saved["model"], Path(config.run_dir) / "best.pt")
+        trainer.model.load_state_dict(saved["model"])
+    history = saved["history"] if rescore else trainer.fit()["history"]  # fit leaves the best weights in the model
     held_out = splits["test"]
     inputs = trainer.evaluation_inputs(trainer.inputs(held_out))
     scores = {}
