@@ -79,14 +79,16 @@ def decoding_variants(config_path: str, overrides: Sequence[str], compare: Seque
 def run_fold(config: Config, splits: Splits, variants: dict[str, Config], rescore: bool = False) -> dict[str, Any]:
     """Train on splits["train"], choose on splits["val"], score on splits["test"] with every decoding variant.
     rescore: skip the training and score the fold's best.pt from an earlier run of the same folds."""
-    from captioner.training.trainer import Trainer  # torch loads after the arguments are checked
+    from captioner.model import current_weights  # torch loads after the arguments are checked
+    from captioner.training.trainer import Trainer
 
     started = time.perf_counter()
     trainer = Trainer(config, splits=splits)
     if rescore:
         saved = read_checkpoint(Path(config.run_dir) / "best.pt")
-        check_compatible(trainer.model.state_dict(), saved["model"], Path(config.run_dir) / "best.pt")
-        trainer.model.load_state_dict(saved["model"])
+        weights = current_weights(saved["model"])  # a checkpoint of an older version loads as load_checkpoint's do
+        check_compatible(trainer.model.state_dict(), weights, Path(config.run_dir) / "best.pt")
+        trainer.model.load_state_dict(weights)
     history = saved["history"] if rescore else trainer.fit()["history"]  # fit leaves the best weights in the model
     held_out = splits["test"]
     inputs = trainer.evaluation_inputs(trainer.inputs(held_out))
