@@ -116,7 +116,7 @@ class EvalConfig:
     val_beam_size: int = 1  # beam width for the per-epoch validation BLEU
     max_length: int = 20  # longest generated caption, in words
     no_repeat_ngram_size: int = 0  # beam search never repeats an n-gram within a caption (0 = off; 3 = trigrams)
-    no_repeat_content_words: bool = False  # beam search uses each word outside vocab.FUNCTION_WORDS at most once
+    no_repeat_content_words: bool = True  # beam search says a word outside vocab.FUNCTION_WORDS once (shapes.yaml: false)
     content_word_repeat_penalty: float = 0.0  # else: subtracted from log p of a content word a beam already holds
     length_penalty: float = 0.0  # beam search ranks finished captions by log p / length**alpha (0 = raw log p)
     allow_unknown_word: bool = False  # let captions hold <unk> (the raw model); <pad> and <start> are never generated

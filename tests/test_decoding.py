@@ -102,7 +102,8 @@ def test_decoding_defaults_are_stored_once_in_eval_config():
     assert inspect.signature(Captioner.caption).parameters["beam_size"].default == defaults.beam_size
     model = decisive_model()
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
-    assert any(repeats_ngram(g.token_ids[0], 2) for g in model.generate(images, beam_size=2))  # default 0: free
+    free = model.generate(images, beam_size=2, no_repeat_content_words=False)
+    assert any(repeats_ngram(g.token_ids[0], 2) for g in free)  # no_repeat_ngram_size's default 0: free
     assert all(not repeats_ngram(g.token_ids[0], 2)
                for g in model.generate(images, beam_size=2, no_repeat_ngram_size=2))
 
