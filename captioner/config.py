@@ -118,6 +118,10 @@ class EvalConfig:
     val_beam_size: int = 1  # beam width for the per-epoch validation BLEU
     max_length: int = 20  # longest generated caption, in words
     no_repeat_ngram_size: int = 0  # beam search never repeats an n-gram within a caption (0 = off; 3 = trigrams)
+    no_repeat_content_words: bool = True  # beam search says a word outside vocab.FUNCTION_WORDS once (shapes.yaml: false)
+    content_word_repeat_penalty: float = 0.0  # else: subtracted from log p of a content word a beam already holds
+    length_penalty: float = 0.0  # beam search ranks finished captions by log p / length**alpha (0 = raw log p)
+    allow_unknown_word: bool = False  # let captions hold <unk> (the raw model); <pad> and <start> are never generated
     batch_size: int = 100  # images per generation batch
     meteor: bool = True  # score METEOR too (starts Java once per run; left out, with a note, when Java is missing)
 
@@ -152,6 +156,11 @@ RANGES: dict[str, str] = {
     "eval.no_repeat_ngram_size": "[0, inf)", "eval.batch_size": "[1, inf)",
 }
 _INTERVAL = re.compile(r"([\[(])(-?[\d.]+|-inf), (-?[\d.]+|inf)([\])])")
+def decoding_options(config: EvalConfig) -> dict[str, Any]:
+    """The eval section's caption controls, as keyword arguments of `Captioner.generate` and `evaluate`."""
+    return {"no_repeat_ngram_size": config.no_repeat_ngram_size, "no_repeat_content_words": config.no_repeat_content_words,
+            "content_word_repeat_penalty": config.content_word_repeat_penalty,
+            "allow_unknown_word": config.allow_unknown_word, "length_penalty": config.length_penalty}
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

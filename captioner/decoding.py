@@ -28,12 +28,16 @@ class Generation:
 
 
 def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, beam_size: int = 1,
-                max_length: int = 20, length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> list[Generation]:
+                max_length: int = 20, length_penalty: float = 0.0, no_repeat_ngram_size: int = 0,
+                repeat_penalty: torch.Tensor | None = None) -> list[Generation]:
     """Decode B images at once. state: (h, c), each (L, B, H) after the image step.
 
     length_penalty alpha ranks the final beams by log p / length**alpha (0 = raw log-probability).
     no_repeat_ngram_size n > 0 forbids a word that would make an n-gram the beam already holds
-    ("a man in a blue shirt and a blue shirt" at n = 3); 0 allows every repeat."""
+    ("a man in a blue shirt and a blue shirt" at n = 3); 0 allows every repeat.
+    repeat_penalty (V,) is subtracted from the log-probability of a word the beam already holds; inf on
+    the content words means "a white and white dog" and "a blue shirt and a black shirt" cannot be
+    produced, a finite value makes them less likely."""
     if beam_size < 1 or max_length < 1 or no_repeat_ngram_size < 0:
         raise ValueError(f"beam_size and max_length must be >= 1 and no_repeat_ngram_size >= 0, "
                          f"got {beam_size}, {max_length} and {no_repeat_ngram_size}")
@@ -56,6 +60,9 @@ def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, be
         log_probs = log_probs.view(B, K, V)
         if 0 < no_repeat_ngram_size <= history.size(-1):
             log_probs = log_probs.masked_fill(repeated_ngram_words(history, no_repeat_ngram_size, V), float("-inf"))
+        if repeat_penalty is not None:
+            repeated = used_words(history, V) & (repeat_penalty > 0)  # (B, K, V)
+            log_probs = torch.where(repeated, log_probs - repeat_penalty, log_probs)
         log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)  # (B, K, V)
         candidates = (scores.unsqueeze(-1) + log_probs).view(B, K * V)  # (B, K*V)
         scores, flat = candidates.topk(K, dim=-1)  # (B, K)
@@ -76,6 +83,12 @@ def repeated_ngram_words(history: torch.Tensor, n: int, V: int) -> torch.Tensor:
     same_start = (ngrams[..., :-1] == context.unsqueeze(2)).all(dim=-1)  # (B, K, T-n+1)
     hits = torch.zeros(B, K, V, device=history.device).scatter_add_(-1, ngrams[..., -1], same_start.float())
     return hits > 0  # (B, K, V)
+
+
+def used_words(history: torch.Tensor, V: int) -> torch.Tensor:
+    """history (B, K, T) -> (B, K, V) True for each word the beam already holds."""
+    used = torch.zeros(*history.shape[:2], V, dtype=torch.bool, device=history.device)  # (B, K, V)
+    return used.scatter_(-1, history, True)
 
 
 def sample(step: StepFunction, state: State, start_id: int, end_id: int, max_length: int = 20,

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from captioner.checkpoint import CheckpointError
-from captioner.config import ConfigError
+from captioner.config import ConfigError, decoding_options
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.records import DatasetFormatError, ImageRecord
@@ -29,9 +29,10 @@ from captioner.metrics.bleu import bleu_scores
 from captioner.metrics.cider import CiderD
 from captioner.metrics.content import content_accuracy
 from captioner.metrics.meteor import MeteorError, corpus_meteor, unavailable_reason
+from captioner.metrics.repetition import caption_quality
 from captioner.metrics.report import metric_table
 from captioner.metrics.rouge import corpus_rouge_l
-from captioner.model import Captioner, load_checkpoint
+from captioner.model import DECODING, Captioner, load_checkpoint
 from captioner.modes import evaluating
 from captioner.training import distributed
 from captioner.training.distributed import SINGLE, Cluster, run_sharded
@@ -41,10 +42,15 @@ from captioner.vocab import tokenize
 @torch.no_grad()
 def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
              batch_size: int = 100, pixels: torch.Tensor | None = None, cluster: Cluster = SINGLE,
-             features: torch.Tensor | None = None, no_repeat_ngram_size: int = 0,
-             meteor: bool = True) -> tuple[dict[str, Any], list[str]]:
+             features: torch.Tensor | None = None, no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size,
+             no_repeat_content_words: bool = DECODING.no_repeat_content_words,
+             content_word_repeat_penalty: float = DECODING.content_word_repeat_penalty,
+             allow_unknown_word: bool = DECODING.allow_unknown_word,
+             length_penalty: float = DECODING.length_penalty, meteor: bool = True) -> tuple[dict[str, Any], list[str]]:
     """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files;
-    `features` (N, ...) from the feature cache skips the encoder too. meteor=False skips METEOR (Java).
+    `features` (N, ...) from the feature cache skips the encoder too. The decoding options are
+    `Captioner.generate`'s; the metrics also count the captions that show a special token or repeat a
+    content word (captioner/metrics/repetition.py). meteor=False skips METEOR (Java).
     Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
     captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
@@ -58,12 +64,18 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
             batch = [preprocess_file(record, model.encoder.preprocess) for record in records[start:stop]]
             inputs = {"images": torch.stack(batch).to(device)}
         generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length,
-                                     no_repeat_ngram_size=no_repeat_ngram_size)
+                                     no_repeat_ngram_size=no_repeat_ngram_size,
+                                     no_repeat_content_words=no_repeat_content_words,
+                                     content_word_repeat_penalty=content_word_repeat_penalty,
+                                     allow_unknown_word=allow_unknown_word, length_penalty=length_penalty)
         return [" ".join(generation.words[0]) for generation in generations]
 
     with evaluating(model):
         captions = run_sharded(caption_batch, len(records), batch_size, cluster)
     metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "no_repeat_ngram_size": no_repeat_ngram_size,
+                               "no_repeat_content_words": no_repeat_content_words,
+                               "content_word_repeat_penalty": content_word_repeat_penalty,
+                               "allow_unknown_word": allow_unknown_word, "length_penalty": length_penalty,
                                "num_images": len(records)}
     references = [[tokenize(text) for text in record.captions] for record in records]
     hypotheses = [tokenize(text) for text in captions]
@@ -75,6 +87,7 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
         metrics["rouge_l"] = 100.0 * corpus_rouge_l(hypotheses, references)
         metrics["cider"] = 100.0 * CiderD(references).corpus_score(hypotheses, references)
     metrics["distinct_captions"] = len(set(captions))
+    metrics.update(caption_quality(captions))
     if records and all(record.scene is not None for record in records):
         metrics.update(content_accuracy(captions, [record.scene for record in records]))
     return metrics, captions
@@ -106,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
                         help="never repeat an n-gram in a caption (0 = off; default: the checkpoint's setting)")
+    parser.add_argument("--no-repeat-content-words", action=argparse.BooleanOptionalAction, default=None,
+                        help="say each content word at most once (default: the checkpoint's eval setting)")
+    parser.add_argument("--content-word-repeat-penalty", type=float, default=None,
+                        help="log-probability a content word's second use costs (default: the checkpoint's eval setting)")
+    parser.add_argument("--allow-unknown-word", action=argparse.BooleanOptionalAction, default=None,
+                        help="let captions show <unk>, the raw model (default: the checkpoint's eval setting)")
+    parser.add_argument("--length-penalty", type=float, default=None,
+                        help="rank beams by log p / length**alpha (default: the checkpoint's eval setting)")
     parser.add_argument("--data-root", default=None, help="dataset directory (default: the one in the checkpoint's config)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")
@@ -125,11 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DatasetFormatError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    no_repeat = args.no_repeat_ngram_size
-    if no_repeat is None:
-        no_repeat = model.run_config.eval.no_repeat_ngram_size
+    options = decoding_options(model.run_config.eval)  # a setting not given on the command line is the checkpoint's
+    options.update({name: getattr(args, name) for name in options if getattr(args, name) is not None})
     metrics, captions = evaluate(model, records, args.split, args.beam_size, args.max_length,
-                                 no_repeat_ngram_size=no_repeat, meteor=not args.no_meteor)
+                                 meteor=not args.no_meteor, **options)
     print(metric_table(metrics))
     if args.output:
         examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]

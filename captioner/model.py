@@ -7,6 +7,7 @@ defaults are `EvalConfig`'s (stored once, in captioner/config.py).
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,16 @@ from PIL import Image
 from torch import nn
 
 from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint
-from captioner.config import Config, ConfigError, EvalConfig, ModelConfig, from_dict
+from captioner.config import Config, ConfigError, EvalConfig, ModelConfig, decoding_options, from_dict
 from captioner.decoders.attention import ATTENTION_QUERIES
 from captioner.decoders.show_and_tell import Decoder
 from captioner.decoding import Generation, beam_search, sample
 from captioner.devices import available_device
 from captioner.encoders.backbones import Encoder, EncoderError, build_encoder
 from captioner.modes import evaluating
-from captioner.vocab import Vocabulary
+from captioner.vocab import FUNCTION_WORDS, SPECIAL_TOKENS, Vocabulary
 
-DECODING = EvalConfig()  # generate()'s defaults: beam_size, max_length, no_repeat_ngram_size
+DECODING = EvalConfig()  # generate()'s defaults: beam width, length, repeat controls, <unk>
 RETIRED_WEIGHTS = ("decoder.score.bias",)  # the attention score's bias: the softmax cancels it, it never learned
 
 
@@ -79,34 +80,53 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,
                  beam_size: int = DECODING.beam_size, max_length: int = DECODING.max_length,
-                 no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size, length_penalty: float = 0.0,
+                 no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size,
+                 no_repeat_content_words: bool = DECODING.no_repeat_content_words,
+                 content_word_repeat_penalty: float = DECODING.content_word_repeat_penalty,
+                 allow_unknown_word: bool = DECODING.allow_unknown_word, length_penalty: float = DECODING.length_penalty,
                  temperature: float = 0.0, seed: int | None = None, num_samples: int = 1) -> list[Generation]:
         """Caption a batch: beam search (beam_size 1 = greedy) or, with temperature > 0, sampling.
         Used by validation, evaluation, the API, the demo and self-critical training alike.
-        no_repeat_ngram_size applies to beam search; num_samples (sampling only) draws that many
-        captions per image, its alternatives. To rerank the alternatives with an image–sentence
-        scorer, pass the result to `captioner.scorer.rerank.rerank_generations`."""
+        <unk> is never generated unless allow_unknown_word; <pad> and <start> never are.
+        no_repeat_ngram_size, no_repeat_content_words (a content word at most once) and
+        content_word_repeat_penalty (else: its second use costs this much log-probability) apply to
+        beam search; num_samples (sampling only) draws that many captions per image, its alternatives. To rerank the alternatives with an
+        image–sentence scorer, pass the result to `captioner.scorer.rerank.rerank_generations`."""
         if features is None:
             features = self.encoder(images)  # (B, F)
         state = self.decoder.start(features)
         vocab = self.vocab
+        step = partial(self.next_word, allow_unknown_word=allow_unknown_word)
         if temperature > 0:
-            results = sample(self.next_word, state, vocab.start_id, vocab.end_id, max_length, temperature, seed,
-                             num_samples)
+            results = sample(step, state, vocab.start_id, vocab.end_id, max_length, temperature, seed, num_samples)
         else:
-            results = beam_search(self.next_word, state, vocab.start_id, vocab.end_id, beam_size,
-                                  max_length, length_penalty, no_repeat_ngram_size)
+            penalty = float("inf") if no_repeat_content_words else content_word_repeat_penalty
+            content = self.content_words().to(features.device)  # (V,)
+            repeat_penalty = torch.where(content, penalty, 0.0) if penalty > 0 else None  # (V,)
+            results = beam_search(step, state, vocab.start_id, vocab.end_id, beam_size, max_length, length_penalty,
+                                  no_repeat_ngram_size, repeat_penalty)
         for result in results:
             result.words = [vocab.decode_tokens(tokens) for tokens in result.token_ids]
         return results
 
-    def next_word(self, tokens: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        """The decoder's step with <pad> and <start> ruled out: log p(w | ...) renormalised over the words
-        a caption can hold (and <end>). tokens (B,) -> ((B, V), state)."""
+    def next_word(self, tokens: torch.Tensor, state: tuple,
+                  allow_unknown_word: bool = DECODING.allow_unknown_word) -> tuple[torch.Tensor, tuple]:
+        """The decoder's step with <pad>, <start> and (unless allowed) <unk> ruled out: log p(w | ...)
+        renormalised over the words a caption can hold (and <end>). tokens (B,) -> ((B, V), state)."""
         log_probs, state = self.decoder.step(tokens, state)  # (B, V)
-        never = [self.vocab.pad_id, self.vocab.start_id]
+        never = [self.vocab.pad_id, self.vocab.start_id] + ([] if allow_unknown_word else [self.vocab.unk_id])
         return torch.log_softmax(log_probs.index_fill(-1, torch.tensor(never, device=log_probs.device),
                                                       float("-inf")), dim=-1), state
+
+    def decoding_controls(self) -> dict[str, Any]:
+        """The run's eval.* repeat, <unk> and length controls (EvalConfig's defaults for a model that
+        was not loaded from a checkpoint), so the API and the demo caption as evaluation does."""
+        return decoding_options(self.run_config.eval if self.run_config else DECODING)
+
+    def content_words(self) -> torch.Tensor:
+        """(V,) bool: the words outside FUNCTION_WORDS and the special tokens, which a caption should
+        say once (generate's no_repeat_content_words)."""
+        return torch.tensor([word not in FUNCTION_WORDS and word not in SPECIAL_TOKENS for word in self.vocab.words])
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """The encoder's one transform, on the model's device: list[PIL.Image] -> uint8 (B, 3, S, S)."""
@@ -115,9 +135,11 @@ class Captioner(nn.Module):
 
     def caption(self, images: list[Image.Image], beam_size: int = DECODING.beam_size,
                 max_length: int = DECODING.max_length) -> list[str]:
-        """list[PIL.Image] -> list[str]: the public one-liner over `generate`."""
+        """list[PIL.Image] -> list[str]: the public one-liner over `generate`, with the checkpoint's
+        caption controls (`decoding_controls`)."""
         with evaluating(self):
-            generations = self.generate(self.pixels(images), beam_size=beam_size, max_length=max_length)
+            generations = self.generate(self.pixels(images), beam_size=beam_size, max_length=max_length,
+                                        **self.decoding_controls())
         return [" ".join(generation.words[0]) for generation in generations]
 
 

@@ -34,6 +34,19 @@ UNK = "<unk>"  # id 3: any word that is not in the vocabulary
 SPECIAL_TOKENS = (PAD, START, END, UNK)
 FORMAT_VERSION = 1  # version of the `to_dict` layout; bump when it changes
 
+# Words a caption may repeat: the grammar between its content ("a dog and a cat in the snow").
+# Any other word said twice is a stutter ("a white and white dog"); decoding can forbid it
+# (eval.no_repeat_content_words) and captioner.metrics.repetition counts it.
+FUNCTION_WORDS = frozenset(
+    "a an the and or but nor so as than then while when where who whom whose which what that this these those "
+    "there here is are was were be been being am has have had having does do did doing will would can could "
+    "it its it's he him his she her hers they them their theirs we us our you your i me my one ones "
+    "two three four five six seven eight nine ten some any all both each every several many few more most other "
+    "another such no not very too also just "
+    "of in on at to from by for with without into onto through over under above below near behind beside "
+    "between across along around about against down up off out upon toward towards past after before "
+    "during inside outside underneath beneath next front top".split())
+
 # [^\W_] is "a Unicode letter or digit": \w without the underscore.
 _WORD_PATTERN = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u02bc": "'"})

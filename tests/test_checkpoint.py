@@ -92,3 +92,17 @@ def test_damaged_missing_and_incompatible(tmp_path):
     torch.save({**newer, "format_version": FORMAT_VERSION + 1}, tmp_path / "newer.pt")
     with pytest.raises(CheckpointError, match=f"version {FORMAT_VERSION + 1}"):
         read_checkpoint(tmp_path / "newer.pt")
+
+
+def test_a_checkpoint_with_a_retired_weight_is_refused_for_resume_with_the_reason(tmp_path):
+    """Its optimizer state has a slot for the retired weight: resuming would misalign every Adam moment."""
+    from captioner.training.trainer import Trainer
+
+    model = make_model(decoder="attention_previous")
+    old = {**payload(model), "optimizer": {}, "scheduler": {}, "progress": {}}
+    old["model"] = {**old["model"], "decoder.score.bias": torch.tensor([0.1])}
+    save_checkpoint(old, tmp_path / "old.pt")
+    trainer = Trainer.__new__(Trainer)  # restore() alone: no data, no run directory
+    trainer.model = make_model(decoder="attention_previous")
+    with pytest.raises(CheckpointError, match=r"old.pt: saved by an earlier version \(with decoder.score.bias\)"):
+        trainer.restore(torch.load(tmp_path / "old.pt", weights_only=True), tmp_path / "old.pt")

@@ -8,8 +8,9 @@ import torch
 from test_model import make_model
 
 from captioner.config import EvalConfig
-from captioner.decoding import beam_search, repeated_ngram_words, sample
+from captioner.decoding import beam_search, repeated_ngram_words, sample, used_words
 from captioner.model import Captioner
+from captioner.vocab import SPECIAL_TOKENS
 
 
 def repeats_ngram(tokens: list[int], n: int) -> bool:
@@ -26,7 +27,8 @@ def decisive_model():
     return model
 
 
-def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_length: int, no_repeat: int = 0):
+def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_length: int, no_repeat: int = 0,
+                          penalty: dict[int, float] | None = None):
     """One image, a Python list of beams: the textbook algorithm, kept as the oracle."""
     vocab, decoder = model.vocab, model.decoder
     beams = [([], 0.0, False, decoder.start(features[None]))]
@@ -41,6 +43,10 @@ def reference_beam_search(model, features: torch.Tensor, beam_size: int, max_len
             for word, value in enumerate(log_probs[0].tolist()):
                 if no_repeat and repeats_ngram(tokens + [word], no_repeat):
                     continue
+                if penalty and word in penalty and word in tokens:
+                    if penalty[word] == float("inf"):
+                        continue
+                    value -= penalty[word]
                 candidates.append((tokens + [word], score + value, word == vocab.end_id, new_state))
         beams = sorted(candidates, key=lambda beam: -beam[1])[:beam_size]
         if all(beam[2] for beam in beams):
@@ -89,14 +95,50 @@ def test_no_repeat_ngram_beam_equals_the_reference_that_skips_repeats(beam_size,
 def test_decoding_defaults_are_stored_once_in_eval_config():
     defaults = EvalConfig()
     parameters = inspect.signature(Captioner.generate).parameters
-    for name in ("beam_size", "max_length", "no_repeat_ngram_size"):
+    for name in ("beam_size", "max_length", "no_repeat_ngram_size", "no_repeat_content_words", "allow_unknown_word",
+                 "content_word_repeat_penalty",
+                 "length_penalty"):
         assert parameters[name].default == getattr(defaults, name), name
     assert inspect.signature(Captioner.caption).parameters["beam_size"].default == defaults.beam_size
     model = decisive_model()
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
-    assert any(repeats_ngram(g.token_ids[0], 2) for g in model.generate(images, beam_size=2))  # default 0: free
+    free = model.generate(images, beam_size=2, no_repeat_content_words=False)
+    assert any(repeats_ngram(g.token_ids[0], 2) for g in free)  # no_repeat_ngram_size's default 0: free
     assert all(not repeats_ngram(g.token_ids[0], 2)
                for g in model.generate(images, beam_size=2, no_repeat_ngram_size=2))
+
+
+def test_used_words_marks_every_word_of_the_beam():
+    history = torch.tensor([[[5, 6, 5], [7, 7, 7]]])  # (B=1, K=2, T=3)
+    used = used_words(history, 10)  # (1, 2, 10)
+    assert used[0, 0].nonzero().flatten().tolist() == [5, 6]
+    assert used[0, 1].nonzero().flatten().tolist() == [7]
+
+
+@pytest.mark.parametrize("beam_size, penalty", [(1, float("inf")), (3, float("inf")), (3, 1.5)])
+def test_repeat_penalty_beam_equals_the_reference_that_charges_a_second_use(beam_size, penalty):
+    model = decisive_model()
+    penalties = torch.full((len(model.vocab),), penalty)
+    penalties[model.vocab.end_id] = 0.0  # every word but <end>: an untrained model surely wants some twice
+    marked = {word: penalty for word in range(len(model.vocab)) if word != model.vocab.end_id}
+    with torch.no_grad():
+        features = torch.randn(6, model.encoder.feature_dim)
+        free, charged = (beam_search(model.decoder.step, model.decoder.start(features), model.vocab.start_id,
+                                     model.vocab.end_id, beam_size, 12, repeat_penalty=p) for p in (None, penalties))
+        assert any(len(set(r.token_ids[0])) < len(r.token_ids[0]) for r in free)
+        for index, result in enumerate(charged):
+            tokens, score = reference_beam_search(model, features[index], beam_size, 12, penalty=marked)
+            assert result.token_ids[0] == tokens
+            assert result.log_probs[0] == pytest.approx(score, abs=1e-4)
+            if penalty == float("inf"):
+                assert len(tokens) == len(set(tokens))
+
+
+def test_content_words_are_all_but_function_words_and_special_tokens():
+    model = make_model()
+    marked = {model.vocab.words[i] for i in model.content_words().nonzero().flatten().tolist()}
+    assert {"red", "circle", "blue", "square", "triangle"} <= marked
+    assert not marked & ({"a", "and", "two", "above"} | set(SPECIAL_TOKENS))
 
 
 def test_greedy_is_argmax_and_length_limit_falls_back():

@@ -226,7 +226,7 @@ def test_rerank_reorders_the_beams_that_generate_returns():
     model = Captioner(config.model, vocab).eval()
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     scorer = ImageSentenceScorer(vocab, ScorerSettings(model.encoder.feature_dim, 8, 8, joint_size=8)).train()
-    plain = model.generate(images, beam_size=4, max_length=5)
+    plain = model.generate(images, beam_size=4, max_length=5, no_repeat_content_words=False)  # the beams as before
     reranked = rerank_generations(plain, model.encoder(images), scorer, 50.0)
     assert scorer.training, "reranking scores in eval mode and gives the scorer its own mode back"
     assert any(g.words != p.words for g, p in zip(reranked, plain)), "a large weight should reorder some beam"

@@ -22,7 +22,7 @@ from conftest import REPO, tiny_overrides
 from torch import nn
 
 from captioner import load_checkpoint
-from captioner.config import load_config
+from captioner.config import decoding_options, load_config
 from captioner.data import load_dataset
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
@@ -73,7 +73,7 @@ def evaluate_single_process(checkpoint: Path, split: str, beam_size: int) -> tup
     try:
         settings = model.run_config.eval
         return evaluate(model, records, split, beam_size, settings.max_length, settings.batch_size,
-                        meteor=settings.meteor)
+                        meteor=settings.meteor, **decoding_options(settings))
     finally:
         torch.set_num_threads(threads)
 

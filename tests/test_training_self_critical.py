@@ -61,7 +61,7 @@ class FakeModel:
     def __init__(self, rows, words, vocab):
         self.rows, self.words, self.vocab = rows, words, vocab
 
-    def generate(self, features, temperature, max_length, seed, num_samples):
+    def generate(self, features, temperature, max_length, seed, num_samples, allow_unknown_word=False):
         assert temperature == 1.0 and features.size(0) * num_samples == len(self.rows)
         return generations_of(self.rows, [True] * len(self.rows), self.words, num_samples)
 

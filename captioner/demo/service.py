@@ -158,9 +158,10 @@ def read_uploads(paths: list[str]) -> tuple[list[Image.Image], list[str], list[s
 
 
 def caption_pixels(model: Captioner, pixels: torch.Tensor, options: DecodingOptions) -> list[Generation]:
-    """Caption preprocessed images (B, 3, S, S) with `Captioner.generate`, alternatives best first."""
+    """Caption preprocessed images (B, 3, S, S) with `Captioner.generate`, alternatives best first; the
+    checkpoint's caption controls (no <unk>, repeats) apply, as in its evaluation."""
     with evaluating(model):
-        return model.generate(pixels, **options.generate_arguments())
+        return model.generate(pixels, **{**model.decoding_controls(), **options.generate_arguments()})
 
 
 def caption_images(model: Captioner, images: list[Image.Image], options: DecodingOptions) -> list[Generation]:

@@ -6,6 +6,7 @@
     meteor.py     METEOR 1.5: the jar pycocoevalcap ships, run with Java (left out when there is no Java)
     report.py     the numbers as people read them: one line per epoch, the final table
     content.py    content accuracy on the built-in scenes: are the shapes, colours and places right?
+    repetition.py captions that show a special token or repeat a content word
     retrieval.py  R@K for an image–sentence similarity matrix, next to its chance value
 
 May import: captioner.vocab, captioner.data (content.py reads the built-in scenes' words).

@@ -52,12 +52,14 @@ def _check_sampling(samples: int, reward: str) -> None:
 class SelfCriticalLoss:
     """The loss above for batches of training images, given by their indices into `records`."""
 
-    def __init__(self, records: Sequence[ImageRecord], samples: int, max_length: int, reward: str = "cider") -> None:
+    def __init__(self, records: Sequence[ImageRecord], samples: int, max_length: int, reward: str = "cider",
+                 allow_unknown_word: bool = False) -> None:
+        """allow_unknown_word: sample <unk> too (eval.allow_unknown_word), as the captions users see are made."""
         _check_sampling(samples, reward)
         self.references = [[tokenize(caption) for caption in record.captions] for record in records]
         self.cider = CiderD(self.references)  # document frequencies of the training references
         self.reward = self.cider.score if reward == "cider" else sentence_bleu4
-        self.samples, self.max_length = samples, max_length
+        self.samples, self.max_length, self.allow_unknown_word = samples, max_length, allow_unknown_word
 
     def __call__(self, model, forward: Forward, features: torch.Tensor, indices: Sequence[int],
                  seed: int) -> tuple[torch.Tensor, float]:
@@ -67,7 +69,7 @@ class SelfCriticalLoss:
         pass that computes their log-probabilities must see the same network (no dropout) to be on-policy."""
         K, vocab = self.samples, model.vocab
         generations = model.generate(features=features, temperature=1.0, max_length=self.max_length, seed=seed,
-                                     num_samples=K)  # one per image, its K samples as alternatives
+                                     num_samples=K, allow_unknown_word=self.allow_unknown_word)  # one per image, its K samples as alternatives
         rewards = torch.tensor([[self.reward(words, self.references[index]) for words in generation.words]
                                 for index, generation in zip(indices, generations)])  # (B, K)
         baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (K - 1)  # (B, K) b^k: mean of the others

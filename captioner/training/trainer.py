@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from captioner.checkpoint import check_compatible, read_checkpoint, save_checkpoint
-from captioner.config import Config, save_yaml, to_dict
-from captioner.data import load_dataset
+from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint, save_checkpoint
+from captioner.config import Config, decoding_options, save_yaml, to_dict
+from captioner.data import Splits, load_dataset
 from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
 from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
 from captioner.data.records import ImageRecord
@@ -54,8 +54,10 @@ BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this siz
 class Trainer:
     """Holds everything one run needs; `fit()` trains, validates, checkpoints and tests."""
 
-    def __init__(self, config: Config, resume: str | Path | None = None, log=print, force: bool = False) -> None:
-        """force: start over in a run_dir that holds another run (train.py --force), removing its checkpoints."""
+    def __init__(self, config: Config, resume: str | Path | None = None, log=print, force: bool = False,
+                 splits: Splits | None = None) -> None:
+        """force: start over in a run_dir that holds another run (train.py --force), removing its checkpoints.
+        splits: the records per split to use instead of reading config.data (cross-validation's folds)."""
         self.config, self.log = config, log
         check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
         require_tensorboard(config.train.tensorboard)  # likewise: a missing package fails before any work
@@ -73,7 +75,7 @@ class Trainer:
         if not self.cluster.is_main:
             self.log = log = _quiet  # only rank 0 logs
         with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
-            self.splits = load_dataset(config.data, log=log)
+            self.splits = splits if splits is not None else load_dataset(config.data, log=log)
         check_splits(self.splits, config.data.root)
         self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
             (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
@@ -204,8 +206,8 @@ class Trainer:
             group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
         self.model.eval()
         if self.self_critical is None:
-            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples,
-                                                  self.config.eval.max_length, train.self_critical_reward)
+            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples, self.config.eval.max_length,
+                                                  train.self_critical_reward, self.config.eval.allow_unknown_word)
 
     def self_critical_loss(self, features: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """SelfCriticalLoss of one batch; its samples depend only on (seed, step), so a resume replays them."""
@@ -253,8 +255,8 @@ class Trainer:
         ev = self.config.eval
         distributed.sync_buffers(self.model, self.cluster)
         metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
-                                     ev.batch_size, no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster,
-                                     meteor=ev.meteor, **self.evaluation_inputs(self.val_inputs))
+                                     ev.batch_size, cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
+                                     **self.evaluation_inputs(self.val_inputs))
         self.progress["epoch"] += 1
         self.progress["batch"] = 0
         entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
@@ -304,6 +306,9 @@ class Trainer:
 
     def restore(self, payload: dict[str, Any], path: str | Path) -> None:
         weights = current_weights(payload["model"])
+        if len(weights) != len(payload["model"]):  # its optimizer state has a slot per retired weight too
+            raise CheckpointError(f"{path}: saved by an earlier version (with {sorted(set(payload['model']) - set(weights))[0]}); "
+                                  "it loads for evaluation, the caption command and the demo, but cannot be resumed")
         check_compatible(self.model.state_dict(), weights, path)
         self.model.load_state_dict(weights)
         base_rates = list(self.scheduler.base_lrs)
@@ -328,7 +333,7 @@ class Trainer:
         ev = self.config.eval
         inputs = self.stored_features(records) if self.feature_cache is not None else None
         metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
-                                     no_repeat_ngram_size=ev.no_repeat_ngram_size, cluster=self.cluster, meteor=ev.meteor,
+                                     cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
                                      **self.evaluation_inputs(inputs))
         metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
