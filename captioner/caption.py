@@ -127,14 +127,15 @@ class Writer:
 
 
 def generate_options(args: argparse.Namespace, model: Captioner) -> dict[str, Any]:
-    """`Captioner.generate` keywords from the command line; the checkpoint's own n-gram setting by default."""
+    """`Captioner.generate` keywords: the checkpoint's caption controls (no <unk>, repeats), as its
+    evaluation, the API and the demo use them, then what the command line sets."""
+    options = model.decoding_controls()
     if args.temperature > 0:
-        return {"temperature": args.temperature, "max_length": args.max_length, "seed": args.seed,
+        return {**options, "temperature": args.temperature, "max_length": args.max_length, "seed": args.seed,
                 "num_samples": args.beam_size}
-    no_repeat = args.no_repeat_ngram_size
-    if no_repeat is None:
-        no_repeat = model.run_config.eval.no_repeat_ngram_size if model.run_config else 0
-    return {"beam_size": args.beam_size, "max_length": args.max_length, "no_repeat_ngram_size": no_repeat}
+    if args.no_repeat_ngram_size is not None:
+        options["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    return {**options, "beam_size": args.beam_size, "max_length": args.max_length}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

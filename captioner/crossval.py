@@ -25,10 +25,11 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from captioner.checkpoint import check_compatible, read_checkpoint
 from captioner.config import Config, ConfigError, decoding_options, load_config, to_dict
@@ -36,6 +37,9 @@ from captioner.data import Splits, load_dataset
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
 from captioner.evaluation import evaluate
 from captioner.files import write_atomically
+
+if TYPE_CHECKING:  # the trainer imports torch; this module's argument checks run first
+    from captioner.training.trainer import Trainer
 
 REPORTED = ("bleu1", "bleu4", "cider", "distinct_captions", "special_token_percent", "repeated_content_word_percent")
 CONFIG_DECODING = "config"  # the name of the config's own decoding among the compared ones
@@ -83,20 +87,29 @@ def run_fold(config: Config, splits: Splits, variants: dict[str, Config], rescor
     from captioner.training.trainer import Trainer
 
     started = time.perf_counter()
-    trainer = Trainer(config, splits=splits)
-    if rescore:
-        saved = read_checkpoint(Path(config.run_dir) / "best.pt")
+    if not rescore:
+        trainer = Trainer(config, splits=splits)
+        return _score_fold(trainer, trainer.fit()["history"], splits, variants, started)  # fit keeps the best weights
+    best = Path(config.run_dir) / "best.pt"
+    saved = read_checkpoint(best)
+    with tempfile.TemporaryDirectory() as scratch:  # the fold's own run_dir holds its run: never written again
+        trainer = Trainer(replace(config, run_dir=scratch), splits=splits)
         weights = current_weights(saved["model"])  # a checkpoint of an older version loads as load_checkpoint's do
-        check_compatible(trainer.model.state_dict(), weights, Path(config.run_dir) / "best.pt")
+        check_compatible(trainer.model.state_dict(), weights, best)
         trainer.model.load_state_dict(weights)
-    history = saved["history"] if rescore else trainer.fit()["history"]  # fit leaves the best weights in the model
+        return _score_fold(trainer, saved["history"], splits, variants, started)
+
+
+def _score_fold(trainer: Trainer, history: list[dict[str, Any]], splits: Splits, variants: dict[str, Config],
+                started: float) -> dict[str, Any]:
+    """Score the trainer's model on splits["test"] with every decoding variant."""
     held_out = splits["test"]
     inputs = trainer.evaluation_inputs(trainer.inputs(held_out))
     scores = {}
     for name, variant in variants.items():
         ev = variant.eval
         metrics, _ = evaluate(trainer.model, held_out, "test", ev.beam_size, ev.max_length, ev.batch_size,
-                              **decoding_options(ev), **inputs)
+                              meteor=ev.meteor, **decoding_options(ev), **inputs)
         scores[name] = {key: metrics[key] for key in REPORTED}
     best = max(history, key=lambda entry: entry["bleu4"]) if history else {}
     return {"seconds": round(time.perf_counter() - started, 1), "best_epoch": best.get("epoch"),
