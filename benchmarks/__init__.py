@@ -1,1 +1,1 @@
-"""The benchmark suite of issue 5: `python -m benchmarks` (see benchmarks/run.py)."""
+"""The benchmark suite: `python -m benchmarks` (see benchmarks/run.py)."""

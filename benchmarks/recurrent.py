@@ -1,6 +1,6 @@
 """Our explicit StackedLSTM against torch's recurrent layers (nn.LSTM, nn.GRU, nn.RNN), same weights.
 
-Shapes (issue 5): B=64, T=20, E=256, H=512, 2 layers, batch_first. Modes:
+Shapes: B=64, T=20, E=256, H=512, 2 layers, batch_first. Modes:
   forward        the whole sequence, under torch.no_grad (inference)
   train          forward + backward of output.sum(), input included in the gradient (as in the decoder)
   decode         20 single steps through both layers, state carried (greedy decoding's inner loop)

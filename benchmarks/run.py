@@ -1,4 +1,4 @@
-"""Run the performance benchmarks of issue 5 and write one JSON file per benchmark.
+"""Run the performance benchmarks and write one JSON file per benchmark.
 
     python -m benchmarks                          # everything, CPU (and CUDA if present), ~3-5 min on 2 cores
     python -m benchmarks --only recurrent decoding --repeats 11
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run only these benchmarks")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed samples per variant (default 5, 2 with --quick)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the issue's numbers use 2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the recorded numbers use 2)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 repeats: checks that it all runs")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="devices for the recurrent benchmark (the others measure the CPU): auto = CPU, "

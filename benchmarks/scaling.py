@@ -1,5 +1,5 @@
 """How the cost of forward + backward grows with batch, sequence length and hidden size: our StackedLSTM
-(fast path) and torch's nn.LSTM, one axis varied at a time around the issue's shape (B=64, T=20, E=256,
+(fast path) and torch's nn.LSTM, one axis varied at a time around the reference shape (B=64, T=20, E=256,
 H=512, 2 layers). The growth exponent k of time ∝ size^k is fitted between each axis's end points: about
 1 for B and T (the work is B*T*H*(E+H) multiply-adds), about 2 for H once the GEMMs dominate.
 

@@ -1,4 +1,4 @@
-"""Reliability of checkpoints (issue 6, cases 5, 8, 9, 11-14), beyond tests/test_checkpoint.py.
+"""Reliability of checkpoints, beyond tests/test_checkpoint.py.
 
 A crash while writing (not only at the rename), bad --resume targets (missing, a directory of leftovers,
 damaged, another model), an unwritable run directory, a full disk during a real run, one

@@ -1,4 +1,4 @@
-"""The demo under hostile or heavy use (issue 6, cases 14, 21, 22), on the app exactly as demo.py builds it.
+"""The demo under hostile or heavy use , on the app exactly as demo.py builds it.
 
 No port is bound for a missing or damaged checkpoint; uploads over the size limit are refused by the
 upload route; a burst beyond the queue gets "queue full" for the extras while the rest finish; and file

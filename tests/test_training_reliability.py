@@ -1,4 +1,4 @@
-"""Reliability of a training run under faults (issue 6, cases 4, 6, 7, 10).
+"""Reliability of a training run under faults.
 
 Non-finite loss, gradients and weights; SIGINT/SIGTERM in a real subprocess; resume that reproduces an
 uninterrupted run bit for bit; a corrupted image met by a DataLoader worker. Runs train.py's `main`
