@@ -96,27 +96,37 @@ class Captioner(nn.Module):
             features = self.encoder(images)  # (B, F)
         state = self.decoder.start(features)
         vocab = self.vocab
-        step = partial(self.next_word, allow_unknown_word=allow_unknown_word)
+        step = partial(self.next_word, ruled_out=self.ruled_out_words(allow_unknown_word, features.device))  # once
         if temperature > 0:
             results = sample(step, state, vocab.start_id, vocab.end_id, max_length, temperature, seed, num_samples)
         else:
             penalty = float("inf") if no_repeat_content_words else content_word_repeat_penalty
-            content = self.content_words().to(features.device)  # (V,)
-            repeat_penalty = torch.where(content, penalty, 0.0) if penalty > 0 else None  # (V,)
+            repeat_penalty = None
+            if penalty > 0:
+                repeat_penalty = torch.where(self.content_words().to(features.device), penalty, 0.0)  # (V,)
             results = beam_search(step, state, vocab.start_id, vocab.end_id, beam_size, max_length, length_penalty,
                                   no_repeat_ngram_size, repeat_penalty)
         for result in results:
             result.words = [vocab.decode_tokens(tokens) for tokens in result.token_ids]
         return results
 
-    def next_word(self, tokens: torch.Tensor, state: tuple,
-                  allow_unknown_word: bool = DECODING.allow_unknown_word) -> tuple[torch.Tensor, tuple]:
+    def next_word(self, tokens: torch.Tensor, state: tuple, allow_unknown_word: bool | None = None,
+                  ruled_out: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
         """The decoder's step with <pad>, <start> and (unless allowed) <unk> ruled out: log p(w | ...)
-        renormalised over the words a caption can hold (and <end>). tokens (B,) -> ((B, V), state)."""
+        renormalised over the words a caption can hold (and <end>). tokens (B,) -> ((B, V), state).
+        allow_unknown_word None: the run's own eval setting, as the API and the demo generate with;
+        ruled_out: the ids from `ruled_out_words`, when a caller steps many times (generate)."""
         log_probs, state = self.decoder.step(tokens, state)  # (B, V)
+        if ruled_out is None:
+            ruled_out = self.ruled_out_words(allow_unknown_word, log_probs.device)
+        return torch.log_softmax(log_probs.index_fill(-1, ruled_out, float("-inf")), dim=-1), state
+
+    def ruled_out_words(self, allow_unknown_word: bool | None, device: torch.device) -> torch.Tensor:
+        """(n,) ids no caption may hold: <pad>, <start>, and <unk> unless allowed (None: the run's setting)."""
+        if allow_unknown_word is None:
+            allow_unknown_word = self.decoding_controls()["allow_unknown_word"]
         never = [self.vocab.pad_id, self.vocab.start_id] + ([] if allow_unknown_word else [self.vocab.unk_id])
-        return torch.log_softmax(log_probs.index_fill(-1, torch.tensor(never, device=log_probs.device),
-                                                      float("-inf")), dim=-1), state
+        return torch.tensor(never, device=device)
 
     def decoding_controls(self) -> dict[str, Any]:
         """The run's eval.* repeat, <unk> and length controls (EvalConfig's defaults for a model that

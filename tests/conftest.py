@@ -45,3 +45,17 @@ def tiny_run(tmp_path_factory) -> Path:
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
     (root / "stdout.txt").write_text(result.stdout)  # what the user saw (tests/test_train.py reads it)
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """runs/tiny/best.pt of a small untrained model (test_model.make_model): a real checkpoint in seconds."""
+    from test_checkpoint import payload
+    from test_model import make_model
+
+    from captioner.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("runs") / "tiny" / "best.pt"
+    path.parent.mkdir()
+    save_checkpoint(payload(make_model()), path)
+    return path

@@ -19,10 +19,7 @@ import gradio as gr
 import pytest
 from conftest import REPO
 from PIL import Image
-from test_checkpoint import payload
-from test_model import make_model
 
-from captioner.checkpoint import save_checkpoint
 from captioner.demo import app as demo
 from captioner.demo.service import ModelCatalog
 
@@ -33,15 +30,7 @@ SLOW_SECONDS = 1.0  # each caption takes this long while `slow` is set
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("runs") / "tiny" / "best.pt"
-    path.parent.mkdir()
-    save_checkpoint(payload(make_model()), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def served(checkpoint):
+def served(untrained_checkpoint):
     """(port, slow): demo.build_app + demo.launch_options, with a small queue and a switch for slow captions."""
     slow = threading.Event()
     real_caption_images = demo.caption_images
@@ -55,7 +44,7 @@ def served(checkpoint):
         monkeypatch.setattr(demo, "QUEUE_SIZE", QUEUE_SIZE)
         monkeypatch.setattr(demo, "CONCURRENCY", CONCURRENCY)
         monkeypatch.setattr(demo, "caption_images", maybe_slow)
-        app = demo.build_app(ModelCatalog({"tiny/best.pt": checkpoint}))
+        app = demo.build_app(ModelCatalog({"tiny/best.pt": untrained_checkpoint}))
         app.launch(**demo.launch_options(port=None), prevent_thread_lock=True, quiet=True)
         yield app.server_port, slow
         app.close()
@@ -151,16 +140,16 @@ def probe_targets(checkpoint: Path, uploaded: str) -> list[str]:
             f"{cache}/..%2F..%2F..%2F..%2Fetc%2Fpasswd", f"{cache}/../../../../{checkpoint}"]
 
 
-def test_path_probes_get_403_or_404_and_never_content(served, checkpoint):
+def test_path_probes_get_403_or_404_and_never_content(served, untrained_checkpoint):
     port, _ = served
     status, body = upload(port, "mine.png", png_bytes())
     uploaded = json.loads(body)[0]
     status, content = request(port, "GET", f"/gradio_api/file={uploaded}")
     assert status == 200 and content == png_bytes()  # the probe harness can read a served file
-    secrets = [Path("/etc/passwd").read_bytes()[:32], checkpoint.read_bytes()[:64],
+    secrets = [Path("/etc/passwd").read_bytes()[:32], untrained_checkpoint.read_bytes()[:64],
                (REPO / "train.py").read_bytes()[:64], (REPO / "demo.py").read_bytes()[:64]]
     for route in FILE_ROUTES:
-        for target in probe_targets(checkpoint, uploaded):
+        for target in probe_targets(untrained_checkpoint, uploaded):
             status, body = request(port, "GET", route + target)
             assert status in (403, 404), (route + target, status, body[:100])
             assert not any(secret in body for secret in secrets), route + target

@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from test_checkpoint import payload
-from test_model import make_model
 
-from captioner.checkpoint import save_checkpoint
 from captioner.demo import app as demo
 from captioner.demo.service import ModelCatalog
 from captioner.images import load_image
@@ -34,17 +31,9 @@ def rgba_png(path: Path, side: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("runs") / "tiny" / "best.pt"
-    path.parent.mkdir()
-    save_checkpoint(payload(make_model()), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def served(checkpoint):
+def served(untrained_checkpoint):
     """(base URL, app): demo.build_app + demo.launch_options, on a free port."""
-    app = demo.build_app(ModelCatalog({"tiny/best.pt": checkpoint}))
+    app = demo.build_app(ModelCatalog({"tiny/best.pt": untrained_checkpoint}))
     app.launch(**demo.launch_options(port=None), prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{app.server_port}", app
     app.close()
@@ -129,14 +118,14 @@ def test_an_internal_error_is_logged_once_and_answered_with_a_message(served, ca
     assert "Traceback" not in log.err + log.out  # and not printed a second time by Gradio
 
 
-def test_one_broken_checkpoint_under_runs_dir_does_not_stop_the_demo(checkpoint, tmp_path, monkeypatch, capsys):
+def test_one_broken_checkpoint_under_runs_dir_does_not_stop_the_demo(untrained_checkpoint, tmp_path, monkeypatch, capsys):
     launched = []
     monkeypatch.setattr(gr.Blocks, "launch", lambda app, **options: launched.append(app))
     runs = tmp_path / "runs"
     for name in ("a-broken", "b-good"):
         (runs / name).mkdir(parents=True)
     (runs / "a-broken" / "best.pt").write_bytes(b"PK\x03\x04 cut short")
-    (runs / "b-good" / "best.pt").write_bytes(checkpoint.read_bytes())
+    (runs / "b-good" / "best.pt").write_bytes(untrained_checkpoint.read_bytes())
     assert demo.main(["--runs-dir", str(runs)]) == 0 and len(launched) == 1
     warning = capsys.readouterr().err.strip()
     assert warning.startswith(f"warning: skipping {runs / 'a-broken' / 'best.pt'}: ") and "damaged" in warning

@@ -67,8 +67,7 @@ def trace_caption(model: Captioner, pixels: torch.Tensor, token_ids: list[int], 
         state = model.decoder.start(model.encoder(pixels))
         steps.clear()  # Show and Tell reads the image as step -1: not a word
         for input_id, target_id in zip(inputs, targets):
-            log_probs, state = model.next_word(torch.tensor([input_id], device=pixels.device), state,  # (1, V)
-                                               model.decoding_controls()["allow_unknown_word"])  # as generated
+            log_probs, state = model.next_word(torch.tensor([input_id], device=pixels.device), state)  # (1, V)
             probabilities.append(float(log_probs[0, target_id].exp()))  # p_t = softmax(W_out h_t)[w_t]
     layers = [{name: torch.cat([step[layer][name] for step in steps]).cpu().numpy()  # (T, H)
                for name in steps[0][layer]} for layer in range(len(steps[0]))] if steps else []
