@@ -57,12 +57,7 @@ def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, be
         if bool(finished.all()):
             break
         log_probs, state = step(history[:, :, -1].reshape(-1), state)  # (B*K, V)
-        log_probs = log_probs.view(B, K, V)
-        if 0 < no_repeat_ngram_size <= history.size(-1):
-            log_probs = log_probs.masked_fill(repeated_ngram_words(history, no_repeat_ngram_size, V), float("-inf"))
-        if repeat_penalty is not None:
-            repeated = used_words(history, V) & (repeat_penalty > 0)  # (B, K, V)
-            log_probs = torch.where(repeated, log_probs - repeat_penalty, log_probs)
+        log_probs = apply_repeat_rules(log_probs.view(B, K, V), history, no_repeat_ngram_size, repeat_penalty)
         log_probs = torch.where(finished.unsqueeze(-1), frozen, log_probs)  # (B, K, V)
         candidates = (scores.unsqueeze(-1) + log_probs).view(B, K * V)  # (B, K*V)
         scores, flat = candidates.topk(K, dim=-1)  # (B, K)
@@ -72,6 +67,18 @@ def beam_search(step: StepFunction, state: State, start_id: int, end_id: int, be
         rows = (parent + torch.arange(B, device=device).unsqueeze(1) * K).view(-1)  # (B*K,)
         state = tuple(s.index_select(1, rows) for s in state)
     return _collect(history, scores, finished, end_id, length_penalty)
+
+
+def apply_repeat_rules(log_probs: torch.Tensor, history: torch.Tensor, no_repeat_ngram_size: int,
+                       repeat_penalty: torch.Tensor | None) -> torch.Tensor:
+    """log_probs (B, K, V) of each beam's next word, less what beam_search's repeat rules forbid or cost."""
+    V = log_probs.size(-1)
+    if 0 < no_repeat_ngram_size <= history.size(-1):
+        log_probs = log_probs.masked_fill(repeated_ngram_words(history, no_repeat_ngram_size, V), float("-inf"))
+    if repeat_penalty is not None:
+        repeated = used_words(history, V) & (repeat_penalty > 0)  # (B, K, V)
+        log_probs = torch.where(repeated, log_probs - repeat_penalty, log_probs)
+    return log_probs
 
 
 def repeated_ngram_words(history: torch.Tensor, n: int, V: int) -> torch.Tensor:

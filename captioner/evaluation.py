@@ -54,6 +54,9 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
     Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
     captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
+    decoding = {"no_repeat_ngram_size": no_repeat_ngram_size, "no_repeat_content_words": no_repeat_content_words,
+                "content_word_repeat_penalty": content_word_repeat_penalty,
+                "allow_unknown_word": allow_unknown_word, "length_penalty": length_penalty}
 
     def caption_batch(start: int, stop: int) -> list[str]:
         if features is not None:
@@ -63,23 +66,22 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
         else:
             batch = [preprocess_file(record, model.encoder.preprocess) for record in records[start:stop]]
             inputs = {"images": torch.stack(batch).to(device)}
-        generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length,
-                                     no_repeat_ngram_size=no_repeat_ngram_size,
-                                     no_repeat_content_words=no_repeat_content_words,
-                                     content_word_repeat_penalty=content_word_repeat_penalty,
-                                     allow_unknown_word=allow_unknown_word, length_penalty=length_penalty)
+        generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length, **decoding)
         return [" ".join(generation.words[0]) for generation in generations]
 
     with evaluating(model):
         captions = run_sharded(caption_batch, len(records), batch_size, cluster)
-    metrics: dict[str, Any] = {"split": split, "beam_size": beam_size, "no_repeat_ngram_size": no_repeat_ngram_size,
-                               "no_repeat_content_words": no_repeat_content_words,
-                               "content_word_repeat_penalty": content_word_repeat_penalty,
-                               "allow_unknown_word": allow_unknown_word, "length_penalty": length_penalty,
-                               "num_images": len(records)}
+    metrics = {"split": split, "beam_size": beam_size, **decoding, "num_images": len(records),
+               **score_captions(captions, records, cluster, meteor)}
+    return metrics, captions
+
+
+def score_captions(captions: Sequence[str], records: Sequence[ImageRecord], cluster: Cluster = SINGLE,
+                   meteor: bool = True) -> dict[str, Any]:
+    """The metrics of `captions` (one per record) against the records' reference captions."""
     references = [[tokenize(text) for text in record.captions] for record in records]
     hypotheses = [tokenize(text) for text in captions]
-    metrics.update(bleu_scores(hypotheses, references))
+    metrics: dict[str, Any] = bleu_scores(hypotheses, references)
     if meteor and references:  # rank 0 runs Java (one process per run, not per rank) and tells the others
         scored = meteor_metric(hypotheses, references) if cluster.is_main else {}
         metrics.update(distributed.gather_objects(scored, cluster)[0])
@@ -90,7 +92,7 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
     metrics.update(caption_quality(captions))
     if records and all(record.scene is not None for record in records):
         metrics.update(content_accuracy(captions, [record.scene for record in records]))
-    return metrics, captions
+    return metrics
 
 
 def meteor_metric(hypotheses: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
