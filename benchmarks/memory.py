@@ -8,7 +8,7 @@ captions of 8-16 words drawn from a 5,000-word Zipf vocabulary, and one tiny JPE
 image name (validate.py decodes each one, so every file must exist; a tiny JPEG decodes fast). The loading is
 then measured in a fresh child process, so neither the generator nor an earlier run counts: RSS after the
 imports (torch included), after each stage, and the peak (VmHWM) at the end. CaptionedImages is built with
-no pixel bank (bank=None), as the engine does above BANK_BUDGET_BYTES: images then stream from disk.
+no pixel bank (bank=None), as training does above BANK_BUDGET_BYTES: images then stream from disk.
 Prints a Markdown table and writes the numbers as JSON (--output).
 """
 from __future__ import annotations

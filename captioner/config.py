@@ -108,6 +108,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes for image decoding
     threads: int = 0  # torch CPU threads (0 = torch's default)
     val_max_images: int = 0  # validate on at most this many images (0 = all)
+    checkpoint_metric: str = "bleu4"  # the validation metric that chooses best.pt: bleu4 | cider (CIDEr-D)
     log_every: int = 50  # steps between progress-bar updates of the loss (and TensorBoard points)
     tensorboard: bool = False  # also log to <run_dir>/tensorboard (needs the `tensorboard` extra)
 

@@ -8,7 +8,7 @@ runs scored on the same 100 photos partly fits the noise of those photos. Here e
 dataset (its train, val and test splits together) is dealt into k parts, by image, never by caption,
 in an order fixed by the seed. Fold i trains on the other k-1 parts and is scored on part i, which
 nothing in that run has seen: a share of the training images (--val-fraction, drawn with the same
-seed) chooses the checkpoint by validation BLEU-4, as a dev split does. Each (seed, fold) is an
+seed) chooses the checkpoint by train.checkpoint_metric, as a dev split does. Each (seed, fold) is an
 ordinary training run (`Trainer`, so every config key means what it means in train.py), in
 <output-dir>/seed-S/fold-I. Same dataset, k and seed: the same folds, whatever the config, so two
 configs are compared on the same images.
@@ -104,16 +104,18 @@ def _score_fold(trainer: Trainer, history: list[dict[str, Any]], splits: Splits,
                 started: float) -> dict[str, Any]:
     """Score the trainer's model on splits["test"] with every decoding variant."""
     held_out = splits["test"]
-    inputs = trainer.evaluation_inputs(trainer.inputs(held_out))
+    inputs = trainer.inputs.for_evaluation(trainer.inputs.of(held_out))
     scores = {}
     for name, variant in variants.items():
         ev = variant.eval
         metrics, _ = evaluate(trainer.model, held_out, "test", ev.beam_size, ev.max_length, ev.batch_size,
                               meteor=ev.meteor, **decoding_options(ev), **inputs)
         scores[name] = {key: metrics[key] for key in REPORTED}
-    best = max(history, key=lambda entry: entry["bleu4"]) if history else {}
+    metric = trainer.config.train.checkpoint_metric
+    best = max(history, key=lambda entry: entry[metric]) if history else {}  # the epoch best.pt holds
     return {"seconds": round(time.perf_counter() - started, 1), "best_epoch": best.get("epoch"),
-            "best_val_bleu4": best.get("bleu4"), "images": {split: len(splits[split]) for split in SPLITS},
+            "best_val_bleu4": best.get("bleu4"), "best_val_cider": best.get("cider"),
+            "images": {split: len(splits[split]) for split in SPLITS},
             "held_out": [record.image_id for record in held_out], "scores": scores}
 
 

@@ -226,7 +226,7 @@ def test_training_step_on_cached_features_equals_running_the_frozen_encoder(tmp_
     folder_dataset(tmp_path / "data")
     cached = make_trainer(tmp_path, "cached", *decoder.split())
     on_the_fly = make_trainer(tmp_path, "pixels", *decoder.split(), "data.feature_cache=false")
-    assert cached.feature_cache is not None and on_the_fly.feature_cache is None
+    assert cached.inputs.cached and not on_the_fly.inputs.cached
     on_the_fly.model.load_state_dict(cached.model.state_dict())
     features, captions = first_batch(cached)
     pixels, same_captions = first_batch(on_the_fly)
@@ -262,7 +262,7 @@ def test_fine_tuning_trains_the_last_blocks_at_their_own_rate(tmp_path):
     folder_dataset(tmp_path / "data")
     trainer = make_trainer(tmp_path, "finetune", "model.finetune_blocks=2", "train.learning_rate=0.01",
                            "train.encoder_learning_rate=0.001")
-    assert trainer.feature_cache is None  # fine-tuning bypasses the cache
+    assert not trainer.inputs.cached  # fine-tuning bypasses the cache
     encoder = trainer.model.encoder
     tuned = {id(p) for block in encoder.blocks[-2:] for p in block.parameters()}
     groups = trainer.optimizer.param_groups

@@ -119,7 +119,7 @@ def test_kill_9_while_best_pt_is_written_then_resume_gives_the_uninterrupted_bes
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     last = torch.load(run_dir / "last.pt", weights_only=True)
     best = torch.load(run_dir / "best.pt", weights_only=True)
-    assert last["progress"]["best_bleu4"] == best["metrics"]["bleu4"] == 1.0  # last.pt never claims an unwritten best
+    assert last["progress"]["best_score"] == best["metrics"]["bleu4"] == 1.0  # last.pt never claims an unwritten best
     resumed = rising_scores("--resume", str(run_dir), *overrides)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     last, best = (torch.load(run_dir / name, weights_only=True) for name in ("last.pt", "best.pt"))

@@ -21,6 +21,7 @@ from conftest import REPO, tiny_overrides
 import train
 from captioner.config import load_config
 from captioner.data import load_dataset
+from captioner.training import inputs as training_inputs
 from captioner.training import trainer as engine
 from captioner.training.setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
 
@@ -290,7 +291,7 @@ def test_second_sigint_exits_at_once_without_saving(data_root, tmp_path):
 def test_corrupted_image_in_a_worker_names_sample_and_file_without_hanging(data_root, tmp_path, monkeypatch, capsys):
     root = tmp_path / "data"
     shutil.copytree(data_root, root)  # this test damages an image after the dataset check
-    monkeypatch.setattr(engine, "BANK_BUDGET_BYTES", 0)  # no in-memory bank: workers decode the files
+    monkeypatch.setattr(training_inputs, "BANK_BUDGET_BYTES", 0)  # no in-memory bank: workers decode the files
     damaged = {}
     original = engine.Trainer.training_data
 

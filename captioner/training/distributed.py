@@ -49,7 +49,7 @@ class Cluster:
     rank: int = 0  # index of this process among all of them; rank 0 is the one that writes
     world_size: int = 1  # processes in the job (W)
     local_rank: int = 0  # index on this machine: which GPU this process drives
-    local_world_size: int = 1  # processes on this machine; they share its memory (engine.BANK_BUDGET_BYTES)
+    local_world_size: int = 1  # processes on this machine; they share its memory (inputs.BANK_BUDGET_BYTES)
     backend: str = ""  # nccl (CUDA) | gloo (CPU); "" = no process group
     device: torch.device = torch.device("cpu")  # where collective operations put their tensors
 

@@ -139,15 +139,32 @@ def claim_run_dir(run_dir: Path, resume: Path | None, force: bool, history: list
     return lock
 
 
-def best_score_on_disk(run_dir: Path, recorded: float) -> float:
-    """The best validation BLEU-4 to beat after a resume: `recorded` (last.pt's), or best.pt's own score
-    when that is higher. A kill between the two saves leaves best.pt one epoch ahead of last.pt; on a GPU
-    the repeated epoch need not score the same, and must not replace a better best.pt."""
+CHECKPOINT_METRICS = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}  # train.checkpoint_metric: its name in the log
+
+
+def check_checkpoint_metric(metric: str) -> None:
+    if metric not in CHECKPOINT_METRICS:
+        raise ValueError(f"train.checkpoint_metric={metric!r}: expected one of {', '.join(CHECKPOINT_METRICS)}")
+
+
+def best_score_on_disk(run_dir: Path, recorded: float, metric: str) -> float:
+    """The best validation score (`metric`) to beat after a resume: `recorded` (last.pt's), or best.pt's own
+    score when that is higher. A kill between the two saves leaves best.pt one epoch ahead of last.pt; on a
+    GPU the repeated epoch need not score the same, and must not replace a better best.pt."""
     best = run_dir / "best.pt"
     if not best.is_file():
         return recorded
-    score = read_checkpoint(best).get("metrics", {}).get("bleu4")
+    score = read_checkpoint(best).get("metrics", {}).get(metric)
     return max(recorded, score) if isinstance(score, (int, float)) else recorded
+
+
+def recorded_best_score(progress: dict[str, Any], metric: str) -> float:
+    """The best validation `metric` a checkpoint's progress holds, or -1 when it chose by another metric
+    (a resume that changes train.checkpoint_metric: best_score_on_disk then reads best.pt's own score).
+    Checkpoints written before train.checkpoint_metric existed chose by BLEU-4 and call it best_bleu4."""
+    if progress.get("checkpoint_metric", "bleu4") != metric:
+        return -1.0
+    return progress.get("best_score", progress.get("best_bleu4", -1.0))
 
 
 def check_splits(splits: dict[str, list], root: str) -> None:

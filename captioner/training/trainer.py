@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -17,15 +17,16 @@ from tqdm import tqdm
 from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint, save_checkpoint
 from captioner.config import Config, decoding_options, save_yaml, to_dict
 from captioner.data import Splits, load_dataset
-from captioner.data.batches import CaptionedImages, build_image_bank, epoch_batches, make_loader
-from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
+from captioner.data.batches import CaptionedImages, epoch_batches, make_loader
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
 from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
 from captioner.training import distributed
+from captioner.training.inputs import RunInputs
 from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
 from captioner.training.setup import (
+    CHECKPOINT_METRICS,
     EXIT_INTERRUPTED,
     NonFiniteLoss,
     StopOnSignal,
@@ -34,11 +35,13 @@ from captioner.training.setup import (
     best_score_on_disk,
     build_optimizer,
     build_scheduler,
+    check_checkpoint_metric,
     check_run_dir_is_free,
     check_same_model,
     check_splits,
     claim_run_dir,
     prepare_run_dir,
+    recorded_best_score,
     resolve_device,
     restore_rng,
     resume_target,
@@ -47,8 +50,6 @@ from captioner.training.setup import (
 )
 from captioner.training.tensorboard import open_log, require_tensorboard
 from captioner.vocab import Vocabulary
-
-BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size per machine, else stream
 
 
 class Trainer:
@@ -60,6 +61,7 @@ class Trainer:
         splits: the records per split to use instead of reading config.data (cross-validation's folds)."""
         self.config, self.log = config, log
         check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
+        check_checkpoint_metric(config.train.checkpoint_metric)
         require_tensorboard(config.train.tensorboard)  # likewise: a missing package fails before any work
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
         resume = resume_target(resume) if resume else None
@@ -81,20 +83,22 @@ class Trainer:
             (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
         self.model = Captioner(config.model, self.vocab).to(self.device)
         self.optimizer = build_optimizer(self.model, config)
-        self.feature_cache = self.make_feature_cache()
+        self.inputs = RunInputs(config, self.model.encoder, self.cluster, self.log)
         self.training_model = distributed.wrap(self.model, self.cluster)  # DDP: gradients averaged across ranks
         distributed.seed_rank(config.train.seed, self.cluster)
         if config.train.scale_lr:
             distributed.scale_learning_rates(self.optimizer, self.cluster.world_size)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch())
-        self.progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_bleu4": -1.0}
+        self.progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_score": -1.0,
+                                         "checkpoint_metric": config.train.checkpoint_metric}
         self.history: list[dict[str, Any]] = []
         self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
         if resumed:
             self.restore(resumed, resume)
         self.lock = claim_run_dir(self.run_dir, resume, force, self.history) if self.cluster.is_main else None
         if resumed and resume.resolve().parent == self.run_dir.resolve():  # every rank: they decide alike
-            self.progress["best_bleu4"] = best_score_on_disk(self.run_dir, self.progress["best_bleu4"])
+            self.progress["best_score"] = best_score_on_disk(self.run_dir, self.progress["best_score"],
+                                                             config.train.checkpoint_metric)
         if self.cluster.is_main:
             save_yaml(config, self.run_dir / "config.yaml")
         self.board = open_log(config.train.tensorboard and self.cluster.is_main, self.run_dir)
@@ -119,7 +123,7 @@ class Trainer:
     def train_then_test(self) -> dict[str, Any]:
         train = self.config.train
         dataset = self.training_data()
-        self.val_inputs = self.inputs(self.validation_records())
+        self.val_inputs = self.inputs.of(self.validation_records())
         with StopOnSignal() as stop:
             while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
                 self.train_epoch(dataset, stop)
@@ -130,37 +134,9 @@ class Trainer:
 
     def training_data(self) -> CaptionedImages:
         records, data = self.splits["train"], self.config.data
-        bank = self.inputs(records)
+        bank = self.inputs.of(records)
         return CaptionedImages(records, self.vocab, self.model.encoder.preprocess, data.max_caption_length,
                                self.config.train.captions_per_image, self.config.train.seed, bank)
-
-    def make_feature_cache(self) -> FeatureCache | None:
-        """A feature cache when the encoder is fully frozen and data.feature_cache is on, else None."""
-        data = self.config.data
-        if not (data.feature_cache and self.model.encoder.fully_frozen):
-            return None
-        return FeatureCache(feature_cache_directory(data), self.model.encoder, data.feature_dtype, self.config.eval.batch_size, log=self.log)
-
-    def inputs(self, records: Sequence[ImageRecord]) -> StoredFeatures | torch.Tensor | None:
-        """What the model reads for `records`: cached features (frozen encoder), else preprocessed pixels."""
-        if self.feature_cache is not None:
-            return self.stored_features(records)
-        return self.pixels(records)
-
-    def stored_features(self, records: Sequence[ImageRecord]) -> StoredFeatures:
-        """Cached features of `records`; rank 0 encodes missing images first, the other ranks then read its shards."""
-        with distributed.main_first(self.cluster):
-            return self.feature_cache.features(records)
-
-    def pixels(self, records: Sequence[ImageRecord]) -> torch.Tensor | None:
-        """Preprocessed uint8 pixels when they fit in memory, else None (read from disk per batch)."""
-        side = self.model.encoder.preprocessing.image_size
-        if len(records) * 3 * side * side > BANK_BUDGET_BYTES // self.cluster.local_world_size:  # ranks share RAM
-            return None
-        started = time.perf_counter()
-        bank = build_image_bank(records, self.model.encoder.preprocess)
-        self.log(f"preprocessed {len(records)} images in {time.perf_counter() - started:.1f}s")
-        return bank
 
     def train_epoch(self, dataset: CaptionedImages, stop: StopOnSignal) -> None:
         train, epoch = self.config.train, self.progress["epoch"]
@@ -201,7 +177,8 @@ class Trainer:
         at_switch = self.progress["epoch"] == train.epochs and self.progress["batch"] == 0  # not mid-epoch (resume)
         if at_switch and (self.run_dir / "best.pt").exists():
             self.model.load_state_dict(read_checkpoint(self.run_dir / "best.pt", map_location=self.device)["model"])
-            self.log(f"self-critical training from best.pt (val BLEU-4 {self.progress['best_bleu4']:.2f})")
+            metric = train.checkpoint_metric
+            self.log(f"self-critical training from best.pt (val {CHECKPOINT_METRICS[metric]} {self.progress['best_score']:.2f})")
         for group in self.optimizer.param_groups:  # an encoder group keeps its ratio to the decoder's rate
             group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
         self.model.eval()
@@ -222,7 +199,7 @@ class Trainer:
         """One optimizer step; inputs are cached features (B, F) with the feature cache, else pixels.
         In the self-critical epochs the loss is SelfCriticalLoss over `indices`, the batch's images."""
         inputs, captions = inputs.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
-        cached = self.feature_cache is not None
+        cached = self.inputs.cached
         train = self.config.train
         critical = self.progress["epoch"] >= train.epochs
         with autocast(train.precision, self.device):  # bf16: see run_setup.autocast
@@ -256,7 +233,7 @@ class Trainer:
         distributed.sync_buffers(self.model, self.cluster)
         metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
                                      ev.batch_size, cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
-                                     **self.evaluation_inputs(self.val_inputs))
+                                     **self.inputs.for_evaluation(self.val_inputs))
         self.progress["epoch"] += 1
         self.progress["batch"] = 0
         entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
@@ -271,15 +248,11 @@ class Trainer:
         if self.cluster.is_main:
             with open(self.run_dir / "history.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-        improved = metrics["bleu4"] > self.progress["best_bleu4"]
-        if improved:
-            self.progress["best_bleu4"] = metrics["bleu4"]
+        score = metrics[self.config.train.checkpoint_metric]
+        if score > self.progress["best_score"]:
+            self.progress["best_score"] = score
             self.save("best.pt", metrics=metrics)  # before last.pt: a kill in between redoes this epoch on resume
         self.save("last.pt")
-
-    def evaluation_inputs(self, inputs: StoredFeatures | torch.Tensor | None) -> dict[str, Any]:
-        """`inputs` (from `inputs()`) as the keyword `evaluate` expects: cached features or pixels."""
-        return {"features": inputs} if self.feature_cache is not None else {"pixels": inputs}
 
     def validation_records(self) -> list[ImageRecord]:
         records = self.splits["val"]  # never test: best.pt is chosen here (check_splits)
@@ -316,7 +289,9 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         if self.config.train.scale_lr:  # the saved rates were scaled for the saving run's number of processes
             distributed.rebase_learning_rates(self.scheduler, base_rates)
-        self.progress = dict(payload["progress"])
+        metric = self.config.train.checkpoint_metric
+        self.progress = {key: value for key, value in payload["progress"].items() if key != "best_bleu4"}  # its old name
+        self.progress.update(checkpoint_metric=metric, best_score=recorded_best_score(payload["progress"], metric))
         self.history = list(payload.get("history", []))
         rank_states = payload.get("rank_rng") or []
         restore_rng(rank_states[self.cluster.rank] if len(rank_states) == self.cluster.world_size else payload["rng"])
@@ -331,10 +306,10 @@ class Trainer:
         records = self.splits["test"] or self.splits["val"]
         split = "test" if self.splits["test"] else "val"
         ev = self.config.eval
-        inputs = self.stored_features(records) if self.feature_cache is not None else None
+        inputs = self.inputs.stored_features(records) if self.inputs.cached else None
         metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
                                      cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
-                                     **self.evaluation_inputs(inputs))
+                                     **self.inputs.for_evaluation(inputs))
         metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
         metrics["history"] = self.history
