@@ -157,6 +157,8 @@ RANGES: dict[str, str] = {
     "eval.no_repeat_ngram_size": "[0, inf)", "eval.batch_size": "[1, inf)",
 }
 _INTERVAL = re.compile(r"([\[(])(-?[\d.]+|-inf), (-?[\d.]+|inf)([\])])")
+
+
 def decoding_options(config: EvalConfig) -> dict[str, Any]:
     """The eval section's caption controls, as keyword arguments of `Captioner.generate` and `evaluate`."""
     return {"no_repeat_ngram_size": config.no_repeat_ngram_size, "no_repeat_content_words": config.no_repeat_content_words,

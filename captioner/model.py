@@ -44,6 +44,8 @@ class Captioner(nn.Module):
             raise ConfigError(f"model.finetune_blocks={config.finetune_blocks} needs model.freeze_encoder=true "
                               "(without it the whole encoder trains)")
         self.decoder = build_decoder(config, self.encoder, len(vocab))
+        content = [word not in FUNCTION_WORDS and word not in SPECIAL_TOKENS for word in vocab.words]
+        self.register_buffer("content_words", torch.tensor(content), persistent=False)  # (V,) built once, moves with .to()
         self.run_config: Config | None = None  # the whole run's config, set by load_checkpoint
         self.metrics: dict[str, Any] = {}  # the checkpoint's validation metrics, set by load_checkpoint
 
@@ -103,7 +105,7 @@ class Captioner(nn.Module):
             penalty = float("inf") if no_repeat_content_words else content_word_repeat_penalty
             repeat_penalty = None
             if penalty > 0:
-                repeat_penalty = torch.where(self.content_words().to(features.device), penalty, 0.0)  # (V,)
+                repeat_penalty = torch.where(self.content_words, penalty, 0.0)  # (V,)
             results = beam_search(step, state, vocab.start_id, vocab.end_id, beam_size, max_length, length_penalty,
                                   no_repeat_ngram_size, repeat_penalty)
         for result in results:
@@ -132,11 +134,6 @@ class Captioner(nn.Module):
         """The run's eval.* repeat, <unk> and length controls (EvalConfig's defaults for a model that
         was not loaded from a checkpoint), so the API and the demo caption as evaluation does."""
         return decoding_options(self.run_config.eval if self.run_config else DECODING)
-
-    def content_words(self) -> torch.Tensor:
-        """(V,) bool: the words outside FUNCTION_WORDS and the special tokens, which a caption should
-        say once (generate's no_repeat_content_words)."""
-        return torch.tensor([word not in FUNCTION_WORDS and word not in SPECIAL_TOKENS for word in self.vocab.words])
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """The encoder's one transform, on the model's device: list[PIL.Image] -> uint8 (B, 3, S, S)."""

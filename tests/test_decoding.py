@@ -136,7 +136,7 @@ def test_repeat_penalty_beam_equals_the_reference_that_charges_a_second_use(beam
 
 def test_content_words_are_all_but_function_words_and_special_tokens():
     model = make_model()
-    marked = {model.vocab.words[i] for i in model.content_words().nonzero().flatten().tolist()}
+    marked = {model.vocab.words[i] for i in model.content_words.nonzero().flatten().tolist()}
     assert {"red", "circle", "blue", "square", "triangle"} <= marked
     assert not marked & ({"a", "and", "two", "above"} | set(SPECIAL_TOKENS))
 
