@@ -108,9 +108,14 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes for image decoding
     threads: int = 0  # torch CPU threads (0 = torch's default)
     val_max_images: int = 0  # validate on at most this many images (0 = all)
-    checkpoint_metric: str = "bleu4"  # the validation metric that chooses best.pt: bleu4 | cider (CIDEr-D)
+    checkpoint_metric: str = "bleu4"  # the validation metric that chooses best.pt: bleu4 | cider (CIDEr-D) |
+    #   epoch (the last epoch: a validation split of a few photos chooses by noise)
     log_every: int = 50  # steps between progress-bar updates of the loss (and TensorBoard points)
     tensorboard: bool = False  # also log to <run_dir>/tensorboard (needs the `tensorboard` extra)
+    init_from: str = ""  # fine-tune: a release (shipped name or directory) or a .pt checkpoint gives the model
+    #   and its words, the data adds words (captioner/training/init_from.py); "" = train from scratch
+    new_word_init: str = "mean"  # rows of the words init_from lacks: mean (of its rows) | unk (copies <unk>'s) |
+    #   normal (random normal at its rows' scale)
 
 
 @dataclass

@@ -139,7 +139,9 @@ def claim_run_dir(run_dir: Path, resume: Path | None, force: bool, history: list
     return lock
 
 
-CHECKPOINT_METRICS = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}  # train.checkpoint_metric: its name in the log
+# train.checkpoint_metric: its name in the log. "epoch" keeps the last epoch, for a validation split too
+# small to choose on (a few photos: docs/finetuning.md)
+CHECKPOINT_METRICS = {"bleu4": "BLEU-4", "cider": "CIDEr-D", "epoch": "epoch"}
 
 
 def check_checkpoint_metric(metric: str) -> None:

@@ -24,6 +24,7 @@ from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
 from captioner.training import distributed
 from captioner.training.inputs import RunInputs
+from captioner.training.init_from import copy_initial_weights, extended_vocabulary, fine_tuning_start
 from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
 from captioner.training.setup import (
     CHECKPOINT_METRICS,
@@ -66,6 +67,8 @@ class Trainer:
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
         resume = resume_target(resume) if resume else None
         resumed = read_checkpoint(resume) if resume else None  # a bad target fails before anything is written
+        config, initial = fine_tuning_start(config, resumed)  # train.init_from: its model config and weights
+        self.config = config
         if resumed:
             check_same_model(resumed["config"], config, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
@@ -79,9 +82,18 @@ class Trainer:
         with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
             self.splits = splits if splits is not None else load_dataset(config.data, log=log)
         check_splits(self.splits, config.data.root)
-        self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
-            (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
+        captions = [caption for record in self.splits["train"] for caption in record.captions]
+        if resumed:
+            self.vocab = Vocabulary.from_dict(resumed["vocab"])
+        elif initial:
+            self.vocab = extended_vocabulary(initial.vocab, captions, config.data.min_word_count)
+        else:
+            self.vocab = Vocabulary.build(captions, config.data.min_word_count)
         self.model = Captioner(config.model, self.vocab).to(self.device)
+        if initial:  # before the feature cache keys on the encoder's weights
+            copy_initial_weights(self.model, initial, config.train.new_word_init)
+            self.log(f"fine-tuning {config.train.init_from}: its {len(initial.vocab)} words, "
+                     f"{len(self.vocab) - len(initial.vocab)} new ones")
         self.optimizer = build_optimizer(self.model, config)
         self.inputs = RunInputs(config, self.model.encoder, self.cluster, self.log)
         self.training_model = distributed.wrap(self.model, self.cluster)  # DDP: gradients averaged across ranks
@@ -248,7 +260,7 @@ class Trainer:
         if self.cluster.is_main:
             with open(self.run_dir / "history.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-        score = metrics[self.config.train.checkpoint_metric]
+        score = entry[self.config.train.checkpoint_metric]  # "epoch": the latest epoch is always best
         if score > self.progress["best_score"]:
             self.progress["best_score"] = score
             self.save("best.pt", metrics=metrics)  # before last.pt: a kill in between redoes this epoch on resume
