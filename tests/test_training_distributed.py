@@ -27,9 +27,9 @@ from captioner.data import load_dataset
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
 from captioner.model import Captioner
-from captioner.training import distributed
-from captioner.training.distributed import Cluster
-from captioner.training.setup import autocast, build_scheduler
+from captioner import distributed
+from captioner.distributed import Cluster
+from captioner.training.optimizer import autocast, build_scheduler
 from captioner.vocab import Vocabulary
 
 CONFIG = str(REPO / "configs/shapes.yaml")

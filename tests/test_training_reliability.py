@@ -23,7 +23,7 @@ from captioner.config import load_config
 from captioner.data import load_dataset
 from captioner.training import inputs as training_inputs
 from captioner.training import trainer as engine
-from captioner.training.setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
+from captioner.training.stops import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
 
 CONFIG = str(REPO / "configs/shapes.yaml")
 STEPS_PER_EPOCH = 4  # tiny_overrides: 64 training images, batches of 16
@@ -61,7 +61,7 @@ def after_each_step(monkeypatch, hook) -> list[float]:
 
 
 def before_each_step(monkeypatch, hook) -> None:
-    """Call hook(trainer) before every optimizer step (progress["step"] is the number done so far)."""
+    """Call hook(trainer) before every optimizer step (progress.step is the number done so far)."""
     original = engine.Trainer.train_step
 
     def hooked_step(self, *batch):
@@ -97,7 +97,7 @@ def test_nan_loss_after_a_saved_epoch_leaves_both_checkpoints_byte_identical(dat
     run_dir, saved = tmp_path / "run", {}
 
     def poison_step_six(trainer) -> None:
-        if trainer.progress["step"] == STEPS_PER_EPOCH + 1:  # second epoch, after last.pt and best.pt were saved
+        if trainer.progress.step == STEPS_PER_EPOCH + 1:  # second epoch, after last.pt and best.pt were saved
             saved.update({name: (run_dir / name).read_bytes() for name in ("last.pt", "best.pt")})
             forward = trainer.model.forward
             monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: (forward(*a, **k)[0], torch.tensor(float("nan"))))
@@ -116,7 +116,7 @@ def test_non_finite_gradient_is_caught_before_the_optimizer_step(data_root, tmp_
     before: dict[str, torch.Tensor] = {}
 
     def overflow_in_backward(trainer) -> None:
-        if trainer.progress["step"] == 2:  # the loss stays finite; only the gradient overflows
+        if trainer.progress.step == 2:  # the loss stays finite; only the gradient overflows
             before.update({k: v.detach().clone() for k, v in trainer.model.named_parameters()})
             next(trainer.model.parameters()).register_hook(lambda gradient: gradient * float("inf"))
 
@@ -131,7 +131,7 @@ def test_non_finite_weights_are_never_written_as_last_or_best(data_root, tmp_pat
     trainer = engine.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None)
 
     def blow_up_last_update(trainer) -> None:  # as if the epoch's last update overflowed
-        if trainer.progress["step"] == STEPS_PER_EPOCH:
+        if trainer.progress.step == STEPS_PER_EPOCH:
             with torch.no_grad():
                 next(trainer.model.parameters()).fill_(float("inf"))
 
@@ -147,7 +147,7 @@ def stop_after(monkeypatch, steps: int | None) -> list[float]:
     """Record per-step losses; after `steps` steps raise a real SIGINT at the trainer (None: never)."""
 
     def maybe_interrupt(trainer) -> None:
-        if trainer.progress["step"] == steps:
+        if trainer.progress.step == steps:
             assert isinstance(getattr(signal.getsignal(signal.SIGINT), "__self__", None), engine.StopOnSignal)
             signal.raise_signal(signal.SIGINT)
 
@@ -226,7 +226,7 @@ import sys, time
 from captioner.training import trainer as engine
 original = engine.Trainer.train_step
 def slow_step(self, *batch):
-    print(f"starting step {self.progress['step'] + 1}", flush=True)
+    print(f"starting step {self.progress.step + 1}", flush=True)
     deadline = time.perf_counter() + float(sys.argv[1])
     while time.perf_counter() < deadline:
         time.sleep(0.01)

@@ -22,7 +22,7 @@ import yaml
 
 from captioner.config import Config, load_config, to_dict
 from captioner.rnn.cells import CELLS
-from captioner.training.setup import NonFiniteLoss
+from captioner.training.stops import NonFiniteLoss
 
 CELL_TYPES = tuple(CELLS)  # rnn, lstm, peephole, coupled, gru
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "content_accuracy", "shape", "colour")  # content.py's percentages
