@@ -4,7 +4,7 @@
     python train.py --config configs/shapes.yaml train.epochs=3 model.cell=gru
     python train.py --resume runs/shapes/last.pt      # continue an interrupted run
     python train.py --force                           # start over in a run_dir that holds a run
-    torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/training/distributed.py)
+    torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/distributed.py)
     python train.py --config configs/scorer.yaml      # a `task: scorer` config: the image–sentence scorer
 
 Every config key can be overridden as a dotted key=value word. Each epoch prints one line (loss,

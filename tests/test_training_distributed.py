@@ -1,4 +1,4 @@
-"""Data-parallel training (captioner/training/distributed.py) and bf16 mixed precision.
+"""Data-parallel training (captioner/distributed.py) and bf16 mixed precision.
 
 The end-to-end tests run `python -m torch.distributed.run --nproc_per_node=2 --standalone train.py` with two
 CPU processes (gloo) on the tiny config, then check that only rank 0 wrote, that each rank took half of
@@ -129,14 +129,14 @@ def test_ddp_run_resumes(ddp_run, data_root, tmp_path):
 REPORT_WEIGHTS = """
 import sys
 sys.path.insert(0, REPOSITORY)  # this checkout's captioner, not whichever one is installed
-from captioner.training import trainer as engine
-test = engine.Trainer.test
+from captioner.training import trainer as training_loop
+test = training_loop.Trainer.test
 def report_then_test(self):  # before test() loads best.pt into every rank; a file each: stdout interleaves
     total = sum(p.detach().double().sum().item() for p in self.model.parameters())
     with open(f"WEIGHTS_DIRECTORY/rank{self.cluster.rank}.txt", "w") as handle:
         handle.write(repr(total))
     return test(self)
-engine.Trainer.test = report_then_test
+training_loop.Trainer.test = report_then_test
 import train
 sys.exit(train.main(sys.argv[1:]))
 """

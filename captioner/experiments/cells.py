@@ -4,7 +4,7 @@ epoch, and plot the validation curves.
 
 The chapter's claims under test: the LSTM variants are "all about the same" (Greff et al. 2015, "LSTM: A
 Search Space Odyssey"), and vanilla RNNs "don't work very well". Every run is an ordinary training run
-(engine.Trainer, the same code as train.py) that differs only in `model.cell` and `train.seed`; each one
+(training.trainer.Trainer, the same code as train.py) that differs only in `model.cell` and `train.seed`; each one
 lives in <output>/runs/<cell>-seed<N>/ and is reused when its metrics.json exists for the same config, so
 an interrupted comparison resumes where it stopped.
 """

@@ -1,4 +1,4 @@
-"""The LSTM layer's fast path: the same equations as `lstm.lstm_cell`, with backpropagation through time
+"""The LSTM layer's fast path: the same equations as `cells.lstm_cell`, with backpropagation through time
 written out by hand in one custom autograd Function per layer.
 
 Why it is faster: autograd records about ten graph nodes per time step and, going back, accumulates the
