@@ -51,7 +51,7 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
     `Captioner.generate`'s; the metrics also count the captions that show a special token or repeat a
     content word (captioner/metrics/repetition.py). meteor=False skips METEOR (Java).
     Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
-    captions in order (captioner.distributed.run_sharded): the same batches, so the same score, as one process."""
+    captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
     decoding = {"no_repeat_ngram_size": no_repeat_ngram_size, "no_repeat_content_words": no_repeat_content_words,
                 "content_word_repeat_penalty": content_word_repeat_penalty,

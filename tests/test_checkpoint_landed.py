@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from captioner.training.progress import Progress
+
 REPO = Path(__file__).resolve().parents[1]
 LANDED = REPO / "tests" / "data" / "landed_main_checkpoint" / "last.pt"
 DATA = ["data.synthetic.num_train=64", "data.synthetic.num_val=16", "data.synthetic.num_test=16"]
@@ -38,3 +42,15 @@ def test_landed_checkpoint_resumes(tmp_path: Path) -> None:
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in history] == [1, 2]  # the saved epoch kept, one more trained
     assert history[1]["step"] == 8
+
+
+def test_progress_reads_older_dicts_and_saves_plain_data() -> None:
+    saved = torch.load(LANDED, weights_only=True)["progress"]  # written as a dict by the earlier trainer
+    progress = Progress.from_dict(saved, "bleu4")
+    assert (progress.epoch, progress.batch, progress.step, progress.reward_steps) == (1, 0, 4, 0)
+    assert progress.last_loss == saved["last_loss"] and progress.best_score == saved["best_score"]
+    older = {"epoch": 2, "batch": 0, "step": 8, "best_bleu4": 12.5, "reward_sum": 1.5, "reward_steps": 3}
+    assert Progress.from_dict(older, "bleu4") == Progress(epoch=2, step=8, best_score=12.5, reward_sum=1.5,
+                                                          reward_steps=3)
+    assert Progress.from_dict(older, "cider").best_score == -1.0  # chosen by another metric: best.pt is read
+    assert Progress.from_dict(progress.to_dict(), "bleu4") == progress

@@ -21,14 +21,13 @@ import torch
 from conftest import REPO, tiny_overrides
 from torch import nn
 
-from captioner import load_checkpoint
+from captioner import distributed, evaluation, load_checkpoint
 from captioner.config import decoding_options, load_config
 from captioner.data import load_dataset
 from captioner.data.records import ImageRecord
+from captioner.distributed import Cluster
 from captioner.evaluation import evaluate
 from captioner.model import Captioner
-from captioner import distributed
-from captioner.distributed import Cluster
 from captioner.training.optimizer import autocast, build_scheduler
 from captioner.vocab import Vocabulary
 
@@ -228,7 +227,9 @@ def test_gathered_captions_keep_the_original_order(world_size, monkeypatch):
     pixels = torch.arange(len(records)).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)  # (N, 3, 2, 2) image i = i
     expected = evaluate(model, records, "val", 1, 20, batch_size=2, pixels=pixels)
     assert expected[1] == generated
-    monkeypatch.setattr(distributed, "gather_objects", simulated_all_gather(world_size))
+    gather = simulated_all_gather(world_size)
+    monkeypatch.setattr(distributed, "gather_objects", gather)
+    monkeypatch.setattr(evaluation, "gather_objects", gather)  # the scores' gather, imported by name
     results: list = [None] * world_size
 
     def rank(index: int) -> None:

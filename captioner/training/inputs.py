@@ -1,6 +1,7 @@
 """What a training run feeds the model for a list of images: the frozen encoder's cached features when
 the encoder is fully frozen (each image encoded once, to disk), else preprocessed pixels, kept in memory
-while they fit (BANK_BUDGET_BYTES per machine) and read from disk per batch when they do not.
+while they fit (BANK_BUDGET_BYTES per machine) and read from disk per batch when they do not; and
+`check_splits`, the splits a run needs images in.
 """
 from __future__ import annotations
 
