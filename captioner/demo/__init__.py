@@ -8,6 +8,6 @@
 
 May import: captioner.attention_maps, captioner.checkpoint, captioner.decoding, captioner.devices,
 captioner.images, captioner.model, captioner.model_card, captioner.modes, captioner.release,
-captioner.release_format.
+captioner.release_format, captioner.replay.
 Nothing else in captioner imports the demo.
 """
