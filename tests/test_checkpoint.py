@@ -25,8 +25,8 @@ def test_round_trip_gives_identical_captions(tmp_path):
     assert raw["format_version"] == FORMAT_VERSION and set(raw) >= {"config", "vocab", "model"}
     loaded = load_checkpoint(path)
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
-    assert [g.token_ids for g in loaded.generate(images, beam_size=3)] == \
-           [g.token_ids for g in model.generate(images, beam_size=3)]
+    assert loaded.decoding == model.decoding  # the run's eval section: here EvalConfig's defaults
+    assert [g.token_ids for g in loaded.generate(images)] == [g.token_ids for g in model.generate(images)]
 
 
 def test_a_checkpoint_with_the_retired_attention_score_bias_still_loads(tmp_path):
