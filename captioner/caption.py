@@ -126,7 +126,7 @@ class Writer:
         self.stream.flush()
 
 
-def requested_decoding(args: argparse.Namespace, model: Captioner) -> Decoding:
+def command_line_decoding(args: argparse.Namespace, model: Captioner) -> Decoding:
     """The checkpoint's own decoding (no <unk>, repeats, beam), as its evaluation, the API and the demo
     use it, with what the command line sets; with --temperature, --beam-size counts the samples."""
     given = {name: getattr(args, name) for name in ("beam_size", "max_length", "no_repeat_ngram_size")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(line, file=sys.stderr)
 
     writer = Writer(sys.stdout, args.format)
-    for result in caption_files(model, files, requested_decoding(args, model), args.batch_size, report_error,
+    for result in caption_files(model, files, command_line_decoding(args, model), args.batch_size, report_error,
                                 maps.write if maps else None):
         writer.write(result)
         bar.update(1)
