@@ -66,6 +66,7 @@ def from_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu")
     model.load_state_dict(release_format.load_tensors(directory, lambda tensor: tensor.to(dtype_for(model, tensor))),
                           strict=False)  # exactly the stored names: check_weights compared them
     model.run_config = run_config
+    model.decoding = run_config.eval.decoding()  # the release's decoding defaults, as load_checkpoint's
     model.metrics = config["metrics"].get("evaluation", {}) if isinstance(config["metrics"], dict) else {}
     return model.to(available_device(device)).eval()
 

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from conftest import REPO, SHARED_SAMPLE
@@ -106,9 +107,7 @@ def test_it_still_scores_its_model_card_figure_on_the_dev_photos(model):
     from captioner.evaluation import evaluate
 
     records = load_dataset(DataConfig(format="flickr8k", root=str(SHARED_SAMPLE)), log=lambda line: None)["val"]
-    decoding = model.run_config.eval
-    metrics, captions = evaluate(model, records, "val", 3, decoding.max_length, meteor=False,
-                                 **model.decoding_controls())
+    metrics, captions = evaluate(model, records, "val", replace(model.decoding, beam_size=3), meteor=False)
     promised = float(re.search(r"BLEU-4 (\d+\.\d+)", card()).group(1))
     assert len(records) == 113 and metrics["bleu4"] >= promised - 1.0, (metrics["bleu4"], promised)
     assert metrics["special_token_percent"] == 0
