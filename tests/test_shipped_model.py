@@ -71,6 +71,14 @@ def test_the_model_card_shows_those_captions_as_they_are(photo_captions):
         assert words in card()
 
 
+def test_the_model_card_is_what_the_release_command_writes_from_config_json(photo_captions):
+    from captioner.model_card import render_card
+
+    config = json.loads((RELEASE / "config.json").read_text())
+    examples = [(f"examples/images/{path.name}", caption) for path, caption in zip(PHOTOS, photo_captions)]
+    assert render_card(config, DEFAULT_MODEL, examples) == card()
+
+
 def caption_command(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "captioner.caption", *arguments], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
