@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from captioner.checkpoint import check_compatible, read_checkpoint
-from captioner.config import Config, ConfigError, decoding_options, load_config, to_dict
+from captioner.config import Config, ConfigError, load_config, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
 from captioner.evaluation import evaluate
@@ -112,8 +112,7 @@ def _score_fold(trainer: Trainer, history: list[dict[str, Any]], splits: Splits,
     scores, captions = {}, {}
     for name, variant in variants.items():
         ev = variant.eval
-        metrics, generated = evaluate(trainer.model, held_out, "test", ev.beam_size, ev.max_length, ev.batch_size,
-                              meteor=ev.meteor, **decoding_options(ev), **inputs)
+        metrics, generated = evaluate(trainer.model, held_out, "test", ev.decoding(), ev.batch_size, meteor=ev.meteor, **inputs)
         scores[name] = {key: metrics[key] for key in REPORTED}
         if name_words:
             scores[name]["naming_percent"] = naming_percent(generated, name_words)

@@ -50,9 +50,8 @@ def make_release(checkpoint: str | Path, directory: str | Path, dtype: str, comm
     splits = load_dataset(data, log=lambda line: print(line, file=sys.stderr))
     if not splits["val"]:
         raise CheckpointError(f"data.root={data.root}: the validation split is empty: nothing to score on")
-    decoding = model.run_config.eval
-    metrics, _ = evaluate(model, splits["val"], "val", decoding.beam_size, decoding.max_length, decoding.batch_size,
-                          meteor=decoding.meteor, **model.decoding_controls())
+    settings = model.run_config.eval  # scored with the model's own decoding (model.decoding, the same section)
+    metrics, _ = evaluate(model, splits["val"], "val", batch_size=settings.batch_size, meteor=settings.meteor)
     report = {"evaluation": metrics}
     if cross_validation:
         report["cross_validation"] = _cross_validation(Path(cross_validation))
@@ -65,8 +64,8 @@ def make_release(checkpoint: str | Path, directory: str | Path, dtype: str, comm
 def example_captions(model: Captioner) -> list[tuple[str, str]]:
     """(photo, caption) for the CC0 example photos, as `python -m captioner.caption` prints them."""
     photos = sorted(EXAMPLE_PHOTOS.glob("photo_*.jpg"))
-    options = caption.generate_options(caption.parse_arguments([str(path) for path in photos]), model)
-    results = caption.caption_files(model, [str(path) for path in photos], options, len(photos) or 1, print)
+    decoding = caption.command_line_decoding(caption.parse_arguments([str(path) for path in photos]), model)
+    results = caption.caption_files(model, [str(path) for path in photos], decoding, len(photos) or 1, print)
     return [(f"examples/images/{Path(result.file).name}", result.captions[0]) for result in results]
 
 

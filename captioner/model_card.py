@@ -52,7 +52,8 @@ def _overview(config: dict[str, Any], name: str, domain: str) -> str:
 
 
 def _use(name: str) -> str:
-    return (f"## Use\n\n```bash\npython -m captioner.caption --model {name} photo.jpg\n```\n\n```python\nfrom PIL import Image\n"
+    return (f"## Use\n\n```bash\npython -m captioner.caption --model {name} photo.jpg\n```\n\n"
+            "```python\nfrom PIL import Image\n"
             f"from captioner import from_pretrained\n\nmodel = from_pretrained(\"{name}\")\n"
             "print(model.caption([Image.open(\"photo.jpg\")]))\n```")
 

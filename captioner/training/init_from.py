@@ -32,7 +32,6 @@ from captioner.vocab import SPECIAL_TOKENS, Vocabulary
 
 # The tensors with one row per word id: they grow with the vocabulary, every other tensor keeps its shape.
 VOCABULARY_ROWS = ("decoder.embedding.weight", "decoder.output.weight", "decoder.output.bias")
-NEW_WORD_INITS = ("mean", "unk", "normal")
 
 
 def load_initial_model(source: str) -> Captioner:
@@ -50,9 +49,6 @@ def fine_tuning_start(config: Config, resumed: dict[str, Any] | None) -> tuple[C
     """(the run's config, the initial model whose weights to copy, or None). Without train.init_from
     the config is kept. A resume of a fine-tuning run takes the model config its checkpoint holds and
     loads no initial model; a new fine-tuning run loads it and takes its model config."""
-    if config.train.new_word_init not in NEW_WORD_INITS:
-        raise ConfigError(f"train.new_word_init={config.train.new_word_init!r}: expected one of "
-                          f"{', '.join(NEW_WORD_INITS)}")
     if resumed is not None:  # the run's own starting point, whatever train.init_from says now
         started_from = resumed["config"].get("train", {}).get("init_from", "")
         config = replace(config, train=replace(config.train, init_from=started_from))
