@@ -119,7 +119,7 @@ class TrainConfig:
     tensorboard: bool = False  # also log to <run_dir>/tensorboard (needs the `tensorboard` extra)
     init_from: str = ""  # fine-tune: a release (shipped name or directory) or a .pt checkpoint gives the model
     #   and its words, the data adds words (captioner/training/init_from.py); "" = train from scratch
-    new_word_init: Literal["mean", "unk", "normal"] = "mean"  # rows of the words init_from lacks: the mean of its
+    new_word_init: Literal["mean", "unk", "normal"] = "normal"  # rows of the words init_from lacks: the mean of its
     #   rows | a copy of its <unk> row | random normal at its rows' mean and scale
 
 
