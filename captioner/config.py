@@ -225,6 +225,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as error:  # includes !!python/... tags, which safe_load refuses
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"{path}: not a plain YAML config ({first_line})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a plain YAML config (nested too deeply to read)") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -238,7 +240,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw  # an unparseable value is taken as a string; the type check decides
     return key.strip(), value
 
@@ -280,5 +282,5 @@ def _check_type(value: Any, expected: type, path: str) -> Any:
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. device=0 or a numeric run name
     if type(value) is not expected:
-        raise ConfigError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r:.80}")
     return value

@@ -188,7 +188,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cap
     model = _build_from_checkpoint(run_config.model, vocab, path)  # now its weights are the checkpoint's size
     model.load_state_dict(weights)
     model.run_config = run_config
-    model.metrics = payload.get("metrics", {})
+    metrics = payload.get("metrics", {})
+    model.metrics = metrics if isinstance(metrics, dict) else {}  # read by the demo's summary
     return model.to(device).eval()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def test_upload_cache_is_cleaned_on_a_schedule(served):
 
 def call(url: str, api: str, data: list) -> str:
     """A raw API call (what a script without gradio_client sends): the event stream's text."""
-    event = requests.post(f"{url}/gradio_api/call/{api}", json={"data": data}, timeout=30).json()["event_id"]
+    body = json.dumps({"data": data})  # allow_nan: what a script may send, though JSON has no NaN
+    event = requests.post(f"{url}/gradio_api/call/{api}", data=body, headers={"Content-Type": "application/json"},
+                          timeout=30).json()["event_id"]
     return requests.get(f"{url}/gradio_api/call/{api}/{event}", timeout=60).text
 
 
@@ -92,7 +95,9 @@ def test_refusals_carry_their_message_and_log_no_traceback(served, capfd):
         "didn't receive enough input values (needed: 6, got: 1)": [good],
         "Value 99 is greater than maximum value 10": [good, 99, *settings[1:]],
         "is not in the list of choices": [good, *settings[:-1], "elsewhere/best.pt"],
-        "was not uploaded by a user": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, *settings],
+        "was not uploaded to this demo": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, *settings],
+        "not uploaded to this demo (or": [{"path": "x.jpg", "meta": {"_type": "gradio.FileData"}}, *settings],
+        "beam size: expected a number, got nan": [good, float("nan"), *settings[1:]],  # raw JSON NaN passes the slider
     }
     capfd.readouterr()
     for expected, data in cases.items():
@@ -100,6 +105,7 @@ def test_refusals_carry_their_message_and_log_no_traceback(served, capfd):
         assert stream.startswith("event: error"), stream[:200]
         message = json.loads(stream.split("data:", 1)[1])["error"]
         assert isinstance(message, str) and expected in message and "\n" not in message, (expected, message)
+        assert os.getcwd() not in message and "/tmp" not in message, message  # no server path, ever
     log = capfd.readouterr()
     assert "Traceback" not in log.err + log.out
 
