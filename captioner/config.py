@@ -256,7 +256,7 @@ def _set_dotted(values: dict[str, Any], keys: list[str], value: Any) -> None:
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {values!r:.80}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

@@ -5,6 +5,9 @@ captions always come from `Captioner.generate`, never from teacher forcing.
 Command line (evaluate an existing checkpoint on a split):
 
     python -m captioner.evaluation --checkpoint runs/shapes/best.pt --split test --beam-size 3
+
+Exit status: 0 done, 2 refused (a bad option, checkpoint or dataset, before anything is evaluated),
+4 the --output file could not be written (e.g. a full disk; the metrics were printed).
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from captioner.modes import evaluating
 from captioner.training import distributed
 from captioner.training.distributed import SINGLE, Cluster, run_sharded
 from captioner.vocab import tokenize
+
+EXIT_WRITE_FAILED = 4  # as train.py: a write failed (the evaluation itself was done)
 
 
 @torch.no_grad()
@@ -155,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     print(metric_table(metrics))
     if args.output:
         examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]
-        write_atomically(args.output, json.dumps({"metrics": metrics, "captions": examples}, indent=2).encode())
+        try:
+            write_atomically(args.output, json.dumps({"metrics": metrics, "captions": examples}, indent=2).encode())
+        except OSError as error:  # a full disk after all the work: the metrics are on stdout already
+            print(f"error: --output {args.output}: could not write it ({error.strerror or error}); "
+                  "the metrics are printed above", file=sys.stderr)
+            return EXIT_WRITE_FAILED
         print(f"metrics and captions: {args.output}")
     return 0
 

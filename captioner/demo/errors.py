@@ -23,7 +23,7 @@ from gradio.exceptions import InvalidPathError
 LOG = logging.getLogger("captioner.demo")
 INTERNAL_ERROR = "The server could not answer this request (an internal error, logged on the server)."
 MAX_MESSAGE = 300  # characters of a refusal shown to the caller
-NOT_UPLOADED = "a file input names a file that was not uploaded to this demo (or is no longer in its cache)"
+NOT_UPLOADED = "a file input names a file that was not uploaded to this demo"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:[A-Za-z]:)?[\\/][^\s'\"(),]*")  # /srv/app/x.jpg, C:\\x.jpg
 
 

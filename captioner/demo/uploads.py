@@ -81,7 +81,7 @@ def read_batch(model: Captioner, paths: list[str]) -> Batch:
 class BoundedUploads(set):
     """Gradio's record of an app's uploaded files (`Blocks.upload_file_set`, also aged out by its
     `delete_cache`), kept under `max_bytes` in all: after each upload the oldest files are deleted
-    until the others fit. A request naming a deleted file is refused as one that was never uploaded."""
+    until the others fit. A request that names a deleted file gets "<name>: file not found"."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__()
