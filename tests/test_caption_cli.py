@@ -1,5 +1,6 @@
 """`python -m captioner.caption` through its real entry point: a folder that mixes good and broken files,
-globs, the three output formats, attention-map PNGs, and the exit status."""
+globs, the three output formats, attention-map PNGs, and the exit status; hostile names and options,
+outputs that cannot be written, pipes and FIFOs (in this process where no interpreter start-up is needed)."""
 from __future__ import annotations
 
 import csv
