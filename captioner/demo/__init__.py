@@ -7,7 +7,7 @@
     gates.py      "Inside the LSTM": the gates and cells recorded while a caption is replayed, and their plots
     errors.py     every failed request answers with a one-line message; refusals log no traceback
 
-May import: captioner.attention_maps, captioner.checkpoint, captioner.decoding, captioner.devices,
-captioner.images, captioner.model, captioner.modes.
+May import: captioner.attention_maps, captioner.checkpoint, captioner.cli, captioner.config,
+captioner.decoding, captioner.devices, captioner.images, captioner.model, captioner.modes.
 Nothing else in captioner imports the demo.
 """

@@ -17,7 +17,6 @@ API (gradio_client): `/caption` (image, beam size, max length, decoding, tempera
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -33,6 +32,8 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from captioner.checkpoint import CheckpointError  # noqa: E402
+from captioner.cli import OneLineParser, check_numbers  # noqa: E402
+from captioner.config import RANGES  # noqa: E402
 from captioner.demo import gates  # noqa: E402
 from captioner.demo.attention import EXPLANATION as ATTENTION_EXPLANATION  # noqa: E402
 from captioner.demo.attention import attention_view  # noqa: E402
@@ -273,7 +274,7 @@ def find_models(checkpoint: str | None, runs_dir: str, device: str) -> ModelCata
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Caption images in a web page (Gradio).")
+    parser = OneLineParser(description="Caption images in a web page (Gradio).")
     parser.add_argument("--checkpoint", default=None, help="checkpoint to show first (default: runs/shapes/best.pt "
                         "or the first run found under --runs-dir)")
     parser.add_argument("--runs-dir", default="runs",
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // CONCURRENCY),
                         help="torch CPU threads per request (default: cores / concurrent requests = %(default)s)")
     args = parser.parse_args(argv)
+    check_numbers(parser, args, {"threads": RANGES["train.threads"]})
     try:
         host, port = server_address(args.host, args.port, dict(os.environ))
     except ValueError as error:
