@@ -14,7 +14,7 @@ checked (validate.py) and the counts per split printed. batches.py turns records
 batches; feature_cache.py stores a frozen encoder's features on disk.
 
 May import: captioner.config, captioner.files, captioner.images, captioner.modes, captioner.vocab,
-captioner.encoders, captioner.metrics.
+captioner.encoders.
 """
 from __future__ import annotations
 
