@@ -151,7 +151,7 @@ RANGES: dict[str, str] = {
     "train.encoder_learning_rate": "[0, inf)", "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)",
     "train.grad_clip": "[0, inf)", "train.label_smoothing": "[0, 1)", "train.scheduled_sampling": "[0, 1]",
     "train.self_critical_samples": "[1, inf)",  # self_critical_epochs and _learning_rate: self_critical.py
-    "train.num_workers": "[0, inf)", "train.threads": "[0, inf)",
+    "train.num_workers": "[0, 256]", "train.threads": "[0, 1024]",  # a process, a thread each: not 100,000
     "train.val_max_images": "[0, inf)", "train.log_every": "[1, inf)",
     "eval.beam_size": "[1, inf)", "eval.val_beam_size": "[1, inf)", "eval.max_length": "[1, inf)",
     "eval.no_repeat_ngram_size": "[0, inf)", "eval.batch_size": "[1, inf)",

@@ -43,7 +43,8 @@ sys.exit(code)
     ("eval.beam_size=0", "eval.beam_size=0: expected a value in [1, inf)"),
     ("train.max_steps=-1", "train.max_steps=-1: expected a value in [0, inf)"),
     ("train.warmup_steps=-5", "train.warmup_steps=-5: expected a value in [0, inf)"),
-    ("train.threads=-1", "train.threads=-1: expected a value in [0, inf)"),
+    ("train.threads=-1", "train.threads=-1: expected a value in [0, 1024]"),
+    ("train.threads=100000", "train.threads=100000: expected a value in [0, 1024]"),
     ("model.dropout=1.5", "model.dropout=1.5: expected a value in [0, 1)"),
     ("train.learning_rate=.nan", "train.learning_rate=nan: expected a value in (0, inf)"),
 ])
