@@ -155,6 +155,8 @@ RANGES: dict[str, str] = {
     "train.val_max_images": "[0, inf)", "train.log_every": "[1, inf)",
     "eval.beam_size": "[1, inf)", "eval.val_beam_size": "[1, inf)", "eval.max_length": "[1, inf)",
     "eval.no_repeat_ngram_size": "[0, inf)", "eval.batch_size": "[1, inf)",
+    "eval.content_word_repeat_penalty": "[0, inf]",  # inf: never twice, as no_repeat_content_words
+    "eval.length_penalty": "[0, 5]",
 }
 _INTERVAL = re.compile(r"([\[(])(-?[\d.]+|-inf), (-?[\d.]+|inf)([\])])")
 

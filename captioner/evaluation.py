@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from captioner.checkpoint import CheckpointError
-from captioner.config import ConfigError, decoding_options
+from captioner.cli import OneLineParser, check_numbers
+from captioner.config import RANGES, ConfigError, decoding_options
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.records import DatasetFormatError, ImageRecord
@@ -41,6 +42,9 @@ from captioner.modes import evaluating
 from captioner.vocab import tokenize
 
 EXIT_WRITE_FAILED = 4  # as train.py: a write failed (the evaluation itself was done)
+OPTION_KEYS = {"beam_size": "eval.beam_size", "max_length": "eval.max_length",  # each flag sets this key:
+               "no_repeat_ngram_size": "eval.no_repeat_ngram_size",  # checked against its range in RANGES
+               "content_word_repeat_penalty": "eval.content_word_repeat_penalty", "length_penalty": "eval.length_penalty"}
 
 
 @torch.no_grad()
@@ -117,7 +121,7 @@ def _say_once(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset split "
+    parser = OneLineParser(description="Evaluate a checkpoint on a dataset split "
                                      "(BLEU-1..4, METEOR, ROUGE-L, CIDEr-D).")
     parser.add_argument("--checkpoint", required=True, help="path to a .pt checkpoint written by train.py")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to caption")
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")
     parser.add_argument("--no-meteor", action="store_true", help="leave METEOR out (it needs Java and starts it)")
     args = parser.parse_args(argv)
+    check_numbers(parser, args, {name: RANGES[key] for name, key in OPTION_KEYS.items()})
     refusal = check_arguments(args)
     if refusal:
         parser.error(refusal)  # one line, exit 2, before the checkpoint is read
@@ -170,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
-    """What is wrong with the command's numbers or --output, as one line, or None."""
-    for flag, value, lowest in (("--beam-size", args.beam_size, 1), ("--max-length", args.max_length, 1),
-                                ("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)):
-        if value is not None and value < lowest:
-            return f"{flag} {value}: expected an integer >= {lowest}"
+    """What is wrong with --output, as one line, or None."""
     if args.output:
         output = Path(args.output)
         if output.is_dir():

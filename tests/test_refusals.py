@@ -47,6 +47,8 @@ sys.exit(code)
     ("train.threads=100000", "train.threads=100000: expected a value in [0, 1024]"),
     ("model.dropout=1.5", "model.dropout=1.5: expected a value in [0, 1)"),
     ("train.learning_rate=.nan", "train.learning_rate=nan: expected a value in (0, inf)"),
+    ("eval.length_penalty=400", "eval.length_penalty=400.0: expected a value in [0, 5]"),
+    ("eval.content_word_repeat_penalty=-1", "eval.content_word_repeat_penalty=-1.0: expected a value in [0, inf]"),
 ])
 def test_numbers_out_of_range_are_refused_before_anything_is_written(tmp_path, capsys, override, expected):
     code = train.main(["--config", CONFIG, f"run_dir={tmp_path / 'run'}", override])
@@ -56,9 +58,12 @@ def test_numbers_out_of_range_are_refused_before_anything_is_written(tmp_path, c
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--beam-size", "0"], "--beam-size 0: expected an integer >= 1"),
-    (["--max-length", "0"], "--max-length 0: expected an integer >= 1"),
-    (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size -1: expected an integer >= 0"),
+    (["--beam-size", "0"], "--beam-size 0: expected a value in [1, inf)"),
+    (["--max-length", "0"], "--max-length 0: expected a value in [1, inf)"),
+    (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size -1: expected a value in [0, inf)"),
+    (["--length-penalty", "400"], "--length-penalty 400.0: expected a value in [0, 5]"),
+    (["--length-penalty", "-400"], "--length-penalty -400.0: expected a value in [0, 5]"),
+    (["--content-word-repeat-penalty", "nan"], "--content-word-repeat-penalty nan: expected a value in [0, inf]"),
     (["--output", "{tmp}/missing/metrics.json"],
      "--output {tmp}/missing/metrics.json: folder {tmp}/missing does not exist"),
     (["--output", "{tmp}"], "--output {tmp}: is a directory; name a JSON file"),
