@@ -75,7 +75,8 @@ def find_images(paths: list[str]) -> tuple[list[str], list[str]]:
     for path in paths:
         if os.path.isdir(path):
             files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            errors += [] if files else [f"{shown_name(path)}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"]
+            suffixes = ", ".join(IMAGE_SUFFIXES)
+            errors += [] if files else [f"{shown_name(path)}: no image files ({suffixes}) in this folder"]
         elif os.path.exists(path):
             files = [path]
         elif glob.has_magic(path):

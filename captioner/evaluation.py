@@ -164,14 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     print(metric_table(metrics))
     if args.output:
         examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]
-        try:
-            write_atomically(args.output, json.dumps({"metrics": metrics, "captions": examples}, indent=2).encode())
-        except OSError as error:  # a full disk after all the work: the metrics are on stdout already
-            print(f"error: --output {args.output}: could not write it ({error.strerror or error}); "
-                  "the metrics are printed above", file=sys.stderr)
+        if not write_output(args.output, {"metrics": metrics, "captions": examples}):
             return EXIT_WRITE_FAILED
         print(f"metrics and captions: {args.output}")
     return 0
+
+
+def write_output(path: str, content: dict[str, Any]) -> bool:
+    """`content` as JSON at `path`, atomically. A failed write (a full disk after all the work) is one
+    line on stderr and False: the metrics are on stdout already, and no partial file is left."""
+    try:
+        write_atomically(path, json.dumps(content, indent=2).encode())
+    except OSError as error:
+        print(f"error: --output {path}: could not write it ({error.strerror or error}); the metrics are printed "
+              "above", file=sys.stderr)
+        return False
+    return True
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:

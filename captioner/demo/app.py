@@ -128,7 +128,8 @@ class Handlers:
         generations = caption_pixels(chosen, batch.pixels, options)
         gallery = [(thumbnail, f"{name}: {caption_text(generation)}")
                    for thumbnail, name, generation in zip(batch.thumbnails, batch.names, generations)]
-        notes = "\n".join(f"- skipped {reason}" for reason in batch.skipped) or f"Captioned {len(batch.names)} image(s)."
+        notes = ("\n".join(f"- skipped {reason}" for reason in batch.skipped)
+                 or f"Captioned {len(batch.names)} image(s).")
         return gallery, notes
 
     def look_inside(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,

@@ -72,13 +72,15 @@ def check_resumable(saved: dict[str, Any], path: str | Path) -> None:
     for name in ("optimizer", "scheduler"):
         if not isinstance(saved[name], dict):
             raise CheckpointError(f"{path}: its '{name}' entry is not a state dict")
-    if not isinstance(saved.get("history", []), list) or not all(isinstance(entry, dict) for entry in saved.get("history", [])):
+    history = saved.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
         raise CheckpointError(f"{path}: its 'history' entry is not a list of epochs")
     for state in [saved["rng"], *(saved.get("rank_rng") or [])]:
         try:
             check_rng_state(state)
         except Exception as error:  # torch and random raise assorted types on a crafted state
-            raise CheckpointError(f"{path}: its 'rng' entry is not a random-number state ({type(error).__name__})") from None
+            raise CheckpointError(f"{path}: its 'rng' entry is not a random-number state "
+                                  f"({type(error).__name__})") from None
 
 
 def check_checkpoint_metric(metric: str) -> None:
@@ -141,9 +143,9 @@ def check_resume_changes(saved: dict[str, Any], config: Config, path: str | Path
         if key.startswith(RESUME_MAY_CHANGE) or (key in AT_EPOCH_END and not mid_epoch):
             continue
         when = " and it stopped mid-epoch (change it once an epoch is over)" if key in AT_EPOCH_END else ""
-        raise CheckpointError(f"{path}: {key} is {before.get(key)!r} in the checkpoint but {now.get(key)!r} in this "
-                              f"run's config{when}; a resume continues that run: resume with {key}={before.get(key)!r}, "
-                              "or start a new run")
+        raise CheckpointError(f"{path}: {key} is {before.get(key)!r} in the checkpoint but {now.get(key)!r} in "
+                              f"this run's config{when}; a resume continues that run: resume with "
+                              f"{key}={before.get(key)!r}, or start a new run")
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
