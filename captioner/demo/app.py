@@ -42,7 +42,6 @@ from captioner.demo.service import (  # noqa: E402
     DECODING_MODES,
     MAX_BEAM_SIZE,
     MAX_CAPTION_LENGTH,
-    DecodingOptions,
     DemoInputError,
     ModelCatalog,
     alternatives_table,
@@ -52,6 +51,7 @@ from captioner.demo.service import (  # noqa: E402
     checkpoint_label,
     find_checkpoints,
     model_summary,
+    requested_decoding,
 )
 from captioner.demo.uploads import MAX_BATCH_IMAGES, bound_upload_cache, read_batch, read_upload  # noqa: E402
 from captioner.devices import DeviceError, available_device  # noqa: E402
@@ -105,11 +105,11 @@ class Handlers:
 
     def prepare(self, model: str | None, beam_size: float, max_length: float, decoding: str | None,
                 temperature: float) -> tuple:
-        """(the chosen model, validated DecodingOptions). A raw API call may send NaN, which Gradio's
-        slider bounds let through: it is refused here, by name."""
-        options = DecodingOptions(decoding or BEAM_SEARCH, _whole(beam_size, "beam size"),
-                                  _whole(max_length, "max length"), float(temperature))
-        return self.catalog.get(model or self.catalog.labels[0]), options
+        """(the chosen model, its own decoding with the request's choices, validated). A raw API call may
+        send NaN, which Gradio's slider bounds let through: it is refused here, by name."""
+        chosen = self.catalog.get(model or self.catalog.labels[0])
+        return chosen, requested_decoding(chosen, decoding or BEAM_SEARCH, _whole(beam_size, "beam size"),
+                                          _whole(max_length, "max length"), float(temperature))
 
     def caption(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,
                 decoding: str = BEAM_SEARCH, temperature: float = 1.0, model: str | None = None) -> tuple:
