@@ -52,8 +52,12 @@ OPTION_RANGES = {"beam_size": RANGES["eval.beam_size"], "max_length": RANGES["ev
                  "threads": RANGES["train.threads"], "temperature": "[0, 100]", "seed": "[0, 4294967295]"}
 
 
+class Refusal(Exception):
+    """The command cannot start (exit 2); the message is one line."""
+
+
 class OutputError(Exception):
-    """The captions or the attention maps could not be written; the message is one line."""
+    """The captions or the attention maps could not be written (exit 4); the message is one line."""
 
 
 @dataclass
@@ -247,21 +251,10 @@ def caption_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         model = load_checkpoint(args.checkpoint, device=args.device)
-    except CheckpointError as error:
+        maps = AttentionMapWriter(model, args.checkpoint, Path(args.attention_maps)) if args.attention_maps else None
+    except (CheckpointError, Refusal) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_REFUSED
-    maps = None
-    if args.attention_maps:
-        from captioner.attention_maps import NO_ATTENTION, has_attention  # matplotlib only when maps are asked for
-
-        if not has_attention(model):
-            print(f"error: --attention-maps: {args.checkpoint}: {NO_ATTENTION}", file=sys.stderr)
-            return EXIT_REFUSED
-        try:
-            maps = AttentionMapWriter(model, Path(args.attention_maps))
-        except OutputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_REFUSED
     files, errors = find_images(args.paths)
     bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=len(files) < PROGRESS_FROM or None)
     for line in errors:
@@ -286,16 +279,19 @@ def caption_command(args: argparse.Namespace) -> int:
 class AttentionMapWriter:
     """`--attention-maps DIR`: one PNG per captioned image, DIR/<file stem>.png (-2, -3 ... on a clash)."""
 
-    def __init__(self, model: Captioner, folder: Path) -> None:
-        from captioner import attention_maps
+    def __init__(self, model: Captioner, checkpoint: str, folder: Path) -> None:
+        """Refusal, before any image is read, for a model without attention or a folder that cannot be made."""
+        from captioner import attention_maps  # matplotlib only when maps are asked for
 
+        if not attention_maps.has_attention(model):
+            raise Refusal(f"--attention-maps: {checkpoint}: {attention_maps.NO_ATTENTION}")
         self.model, self.folder, self.maps = model, folder, attention_maps
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise OutputError(f"--attention-maps {folder}: a file is in the way; name a folder") from None
+            raise Refusal(f"--attention-maps {folder}: a file is in the way; name a folder") from None
         except OSError as error:
-            raise OutputError(f"--attention-maps {folder}: cannot create the folder ({error.strerror})") from None
+            raise Refusal(f"--attention-maps {folder}: cannot create the folder ({error.strerror})") from None
         self.used: set[str] = set()
 
     def write(self, files: list[str], pixels: torch.Tensor, generations: list[Generation]) -> None:
