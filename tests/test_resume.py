@@ -73,6 +73,8 @@ def test_any_other_change_is_refused_naming_the_key(tiny_run, tmp_path, capsys, 
     ({"rng": [1, 2]}, "its 'rng' entry is not a random-number state (ValueError)"),
     ({"progress": {"epoch": 1, "batch": -4, "step": 6}}, "progress.batch is -4, not a valid int"),
     ({"progress": {"epoch": "one", "batch": 0, "step": 6}}, "progress.epoch is 'one', not a valid int"),
+    ({"progress": {"epoch": 1, "batch": "2", "step": 6}}, "progress.batch is '2', not a valid int"),
+    ({"progress": [1, 2]}, "its 'progress' entry is not a mapping"),
     ({"optimizer": [1, 2]}, "its 'optimizer' entry is not a state dict"),
     ({"optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}, "its optimizer or scheduler state does not fit"),
 ])

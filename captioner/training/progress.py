@@ -133,7 +133,9 @@ def check_resume_changes(saved: dict[str, Any], config: Config, path: str | Path
     before = {**_flat(to_dict(Config())), **_flat(saved["config"])}
     now = _flat(to_dict(config))
     changed = [key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
-    mid_epoch = (saved.get("progress") or {}).get("batch", 0) > 0
+    progress = saved.get("progress")
+    batch = progress.get("batch", 0) if isinstance(progress, dict) else 0  # its type: check_resumable
+    mid_epoch = type(batch) is int and batch > 0
     for key in sorted(changed, key=lambda key: not key.startswith("model.")):
         if key.startswith(RESUME_MAY_CHANGE) or (key in AT_EPOCH_END and not mid_epoch):
             continue
