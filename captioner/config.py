@@ -235,7 +235,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"{path}: not a plain YAML config ({first_line})") from None
     except RecursionError:
-        raise ConfigError(f"{path}: not a plain YAML config (nested too deeply to read)") from None
+        raise ConfigError(f"{path}: not a plain YAML config (nested too deeply)") from None
     if values is None:
         return {}
     if not isinstance(values, dict):

@@ -164,8 +164,8 @@ def test_json_and_yaml_nested_100000_levels_deep_are_refused_in_one_line(tmp_pat
                        f"data.root={tmp_path}", "data.captions_file=captions.json"]) == 2
     assert train.main(["--config", str(tmp_path / "config.yaml"), f"run_dir={tmp_path / 'run'}"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: {tmp_path / 'captions.json'}: not valid JSON (nested too deeply to read)",
-        f"error: {tmp_path / 'config.yaml'}: not a plain YAML config (nested too deeply to read)"]
+        f"error: {tmp_path / 'captions.json'}: not valid JSON (nested too deeply)",
+        f"error: {tmp_path / 'config.yaml'}: not a plain YAML config (nested too deeply)"]
     assert read_run_metrics(tmp_path) == {}  # the demo's model summary: "no metrics.json yet", not a crash
 
 

@@ -74,7 +74,7 @@ def _load_json(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
     except RecursionError:
-        raise DatasetFormatError(f"{path}: not valid JSON (nested too deeply to read)") from None
+        raise DatasetFormatError(f"{path}: not valid JSON (nested too deeply)") from None
     for key in ("images", "annotations"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DatasetFormatError(f"{path}: expected an object with an '{key}' list at the top level")

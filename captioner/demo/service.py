@@ -144,7 +144,7 @@ def read_run_metrics(run_dir: Path) -> dict[str, Any]:
     """<run_dir>/metrics.json (the test-split evaluation written by train.py), or {} if absent or bad."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply to read
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return {}
     return metrics if isinstance(metrics, dict) else {}
 
