@@ -73,6 +73,8 @@ def _load_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    except RecursionError:
+        raise DatasetFormatError(f"{path}: not valid JSON (nested too deeply)") from None
     for key in ("images", "annotations"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DatasetFormatError(f"{path}: expected an object with an '{key}' list at the top level")

@@ -53,6 +53,8 @@ def _load_entries(json_path: Path) -> list[dict[str, Any]]:
         data = json.loads(json_path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{json_path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    except RecursionError:
+        raise DatasetFormatError(f"{json_path}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetFormatError(f"{json_path}: expected an object with an 'images' list at the top level")
     for index, entry in enumerate(data["images"]):
