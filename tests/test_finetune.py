@@ -14,7 +14,7 @@ import torch
 from conftest import REPO
 from PIL import Image
 
-from captioner import from_pretrained, load_checkpoint
+from captioner import evaluation, from_pretrained, load_checkpoint, make_release
 from captioner.checkpoint import read_checkpoint, save_checkpoint
 from captioner.config import Config, ConfigError, ModelConfig, load_config, to_dict
 from captioner.model import Captioner
@@ -163,15 +163,15 @@ def test_a_tiny_fine_tuning_run_end_to_end(initial_checkpoint, plane_folder, tmp
     saved = read_checkpoint(run_dir / "last.pt")
     assert saved["config"]["train"]["init_from"] == str(initial) and saved["config"]["model"]["hidden_size"] == 24
     assert tuple(saved["vocab"]["words"][:9]) == Vocabulary(OLD_WORDS).words and "plane" in saved["vocab"]["words"]
-    evaluation = run("-m", "captioner.evaluation", "--checkpoint", str(run_dir / "best.pt"), "--split", "val",
-                     "--no-meteor", "--beam-size", "2")
-    assert "BLEU-4" in evaluation.stdout
+    assert evaluation.main(["--checkpoint", str(run_dir / "best.pt"), "--split", "val", "--no-meteor",
+                            "--beam-size", "2", "--output", str(tmp_path / "scores.json")]) == 0  # in-process: no start-up
+    assert (tmp_path / "scores.json").is_file()
     initial.unlink()  # a resume continues last.pt and never reads init_from again
     resumed = run("train.py", "--config", "configs/finetune.yaml", "--resume", str(run_dir),
                   *tiny_overrides(plane_folder, run_dir), "train.epochs=3")
     assert "resumed from" in resumed.stdout and "fine-tuning" not in resumed.stdout
     assert read_checkpoint(run_dir / "last.pt")["progress"]["epoch"] == 3
-    run("-m", "captioner.make_release", str(run_dir / "best.pt"), str(tmp_path / "release"))
+    assert make_release.main([str(run_dir / "best.pt"), str(tmp_path / "release")]) == 0
     model = from_pretrained(tmp_path / "release")
     assert model.vocab == Vocabulary.from_dict(saved["vocab"])
     words = model.caption([Image.new("RGB", (64, 64), COLOURS["silver"])])[0].split()
