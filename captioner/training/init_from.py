@@ -68,7 +68,8 @@ def adopt_model_config(config: Config, initial: ModelConfig) -> Config:
     for key, value in chosen.items():
         if key != "pretrained" and value != defaults[key] and value != given[key]:
             raise ConfigError(f"model.{key}={value!r}: the model comes from train.init_from="
-                              f"{config.train.init_from}, whose model.{key} is {given[key]!r}; leave it out")
+                              f"{config.train.init_from}, whose model.{key} is {given[key]!r}; "
+                              "leave it out")
     return replace(config, model=replace(initial, pretrained=False))
 
 
@@ -85,15 +86,16 @@ def copy_initial_weights(model: Captioner, initial: Captioner, new_word_init: st
     ours, theirs = model.state_dict(), initial.state_dict()
     if set(ours) != set(theirs):
         different = sorted(set(ours) ^ set(theirs))
-        raise CheckpointError(f"train.init_from: weights do not match the model built from its config ({different[:3]})")
+        raise CheckpointError(f"train.init_from: weights do not match the model built from its config "
+                              f"({different[:3]})")
     count = len(model.vocab) - len(initial.vocab)
     weights = {}
     for name, tensor in theirs.items():
         if name in VOCABULARY_ROWS:
             tensor = torch.cat([tensor, new_rows(tensor, count, new_word_init, initial.vocab.unk_id)])
         if tensor.shape != ours[name].shape:
-            raise CheckpointError(f"train.init_from: {name} has shape {tuple(tensor.shape)} with the new words, "
-                                  f"the model built from its config {tuple(ours[name].shape)}")
+            raise CheckpointError(f"train.init_from: {name} has shape {tuple(tensor.shape)} with the new "
+                                  f"words, the model built from its config {tuple(ours[name].shape)}")
         weights[name] = tensor
     model.load_state_dict(weights)
 
@@ -106,5 +108,6 @@ def new_rows(rows: torch.Tensor, count: int, rule: str, unk_id: int) -> torch.Te
     elif rule == "unk":
         new = rows[unk_id].float().expand(count, *rows.shape[1:])  # (count, ...)
     else:  # normal: per column, the mean and spread of the learned words
-        new = regular.mean(dim=0) + regular.std(dim=0) * torch.randn(count, *rows.shape[1:])  # (count, ...)
+        noise = torch.randn(count, *rows.shape[1:])  # (count, ...)
+        new = regular.mean(dim=0) + regular.std(dim=0) * noise  # (count, ...)
     return new.to(rows.dtype).clone()
