@@ -15,8 +15,10 @@ configs are compared on the same images.
 
 `--compare eval.KEY=VALUE[,eval.KEY=VALUE]` scores each fold's checkpoint again with other decoding
 settings (e.g. eval.no_repeat_content_words=false): decoding is compared on the same weights, at no training cost.
-One JSON file (--output) holds every fold's numbers and, per metric, the mean, the sample standard
-deviation over folds and seeds, and its standard error; it is rewritten after each fold.
+One JSON file (--output) holds every fold's numbers and captions and, per metric, the mean, the sample
+standard deviation over folds and seeds, and its standard error, and the scores of every held-out
+caption pooled per seed (`pooled_scores`); it is rewritten after each fold. `--name-words plane,jet`
+also reports the share of captions that name one of the words.
 """
 from __future__ import annotations
 
