@@ -18,6 +18,8 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from captioner.files import write_atomically
+
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 T = TypeVar("T")
@@ -212,7 +214,7 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def save_yaml(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_atomically(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from captioner.checkpoint import CheckpointError
 from captioner.config import ConfigError, decoding_options
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
+from captioner.data.paths import shown_path
 from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.devices import DeviceError
 from captioner.files import write_atomically
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                                  meteor=not args.no_meteor, **options)
     print(metric_table(metrics))
     if args.output:
-        examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]
+        examples = [{"image": shown_path(r.path, data_config.root), "generated": c, "references": list(r.captions)}
+                    for r, c in zip(records, captions)]
         write_atomically(args.output, json.dumps({"metrics": metrics, "captions": examples}, indent=2).encode())
         print(f"metrics and captions: {args.output}")
     return 0

@@ -18,8 +18,10 @@ from captioner.checkpoint import CheckpointError, check_compatible, read_checkpo
 from captioner.config import Config, decoding_options, save_yaml, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.batches import CaptionedImages, epoch_batches, make_loader
+from captioner.data.paths import shown_path
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
+from captioner.files import write_atomically
 from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
 from captioner.training import distributed
@@ -47,6 +49,7 @@ from captioner.training.setup import (
     resume_target,
     rng_state,
     seed_everything,
+    write_history,
 )
 from captioner.training.tensorboard import open_log, require_tensorboard
 from captioner.vocab import Vocabulary
@@ -246,8 +249,7 @@ class Trainer:
             self.board.epoch(self.progress["step"], metrics, captions,
                              [record.captions[0] for record in self.validation_records()[: len(captions)]])
         if self.cluster.is_main:
-            with open(self.run_dir / "history.jsonl", "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            write_history(self.run_dir, self.history)
         score = metrics[self.config.train.checkpoint_metric]
         if score > self.progress["best_score"]:
             self.progress["best_score"] = score
@@ -310,11 +312,12 @@ class Trainer:
         metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
                                      cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
                                      **self.inputs.for_evaluation(inputs))
-        metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
+        metrics["examples"] = [{"image": shown_path(r.path, self.config.data.root), "generated": c,
+                                "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
         metrics["history"] = self.history
         if self.cluster.is_main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_atomically(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         if self.board:
             self.board.close()
         return metrics
