@@ -3,7 +3,8 @@
 Every file the project writes for a user to keep (checkpoints, metrics, the history, config.yaml,
 the vocabulary, feature-cache shards and index, attention maps, releases) goes through
 `write_atomically`: a temporary file beside the target, flushed to disk, then renamed over it
-(`os.replace` is atomic within one directory).
+(`os.replace` is atomic within one directory). The built-in dataset's images are written in place:
+its index, written last and atomically, is what marks them complete (data/shapes.py).
 
     write_atomically(path, "text")                    # str: written as UTF-8
     write_atomically(path, b"bytes")

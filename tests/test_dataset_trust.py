@@ -72,6 +72,17 @@ def test_quotes_that_the_formats_allow_still_parse(tmp_path):
     assert read_token_file(tmp_path / "Flickr8k.token.txt") == {"a.png": ['A "quoted dog .', "A dog ."]}
 
 
+def test_a_json_key_given_twice_is_refused(tmp_path):
+    entry = json.dumps(karpathy_entry("a.png"))
+    (tmp_path / "dataset.json").write_text(f'{{"images": [{entry}, {entry}],\n "images": [{entry}]}}')
+    assert refusal(read_karpathy, tmp_path / "dataset.json", tmp_path) == (
+        f"{tmp_path / 'dataset.json'}: the key 'images' appears twice in one JSON object; keep one")
+    write_coco(tmp_path)
+    (tmp_path / "annotations" / "captions_val2014.json").write_text(
+        '{"images": [{"id": 1, "file_name": "a.jpg", "id": 2}], "annotations": []}')
+    assert "the key 'id' appears twice" in refusal(read_coco, tmp_path / "annotations", tmp_path, log=quiet)
+
+
 def flickr8k_dataset(root: Path, captions: str, num_images: int = 12) -> Path:
     for index in range(num_images):
         write_image(root / "Images" / f"img{index}.png")

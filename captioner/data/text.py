@@ -1,5 +1,6 @@
 """Reading a dataset's text files (captions, token files, split lists, JSON) so that every error
-names the file and the line: bytes that are not UTF-8, JSON that does not parse or nests too deeply.
+names the file and the line: bytes that are not UTF-8, JSON that does not parse or nests too deeply,
+and a JSON key given twice in one object (the first value would be dropped without a word).
 
 Python's text mode reports a decode error without a line, and `json.loads` a deep nesting as a
 RecursionError; both are turned into a DatasetFormatError here. A UTF-8 byte-order mark is dropped.
@@ -37,11 +38,20 @@ def read_json(path: Path) -> Any:
         line = data.count(b"\n", 0, error.start) + 1
         raise DatasetFormatError(f"{path}:{line}: {_not_utf8(error)}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(path, pairs))
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
     except RecursionError:
         raise DatasetFormatError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+def _unique_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One JSON object; a key given twice is refused (json.loads would keep the last value silently)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        key = next(key for index, (key, _) in enumerate(pairs) if key in dict(pairs[:index]))
+        raise DatasetFormatError(f"{path}: the key {key!r} appears twice in one JSON object; keep one")
+    return found
 
 
 def _decode(path: Path, raw: bytes, number: int) -> str:
