@@ -9,8 +9,8 @@ Descriptions" (CVPR 2015), also used for the built-in shapes data:
 
 Image path = images_root/[filepath/]filename (Flickr entries have no filepath), refused when it leaves
 images_root (paths.py); two entries naming one image are refused. image_id = cocoid when present, else
-the filename. COCO's "restval" (val2014 images outside Karpathy's 5k val and 5k
-test) joins train when `use_restval`, else it is dropped. A "scene" entry (shapes) is kept.
+the filename. COCO's "restval" (val2014 images outside Karpathy's 5k val and 5k test) joins train when
+`use_restval`, else it is dropped. A "scene" entry (shapes) is kept.
 """
 from __future__ import annotations
 
