@@ -7,6 +7,7 @@ Ctrl-C while a checkpoint is being written; the mode of every file a run writes.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -62,14 +63,20 @@ def after_epoch(monkeypatch, epoch: int, action) -> None:
 
 # --- a full disk under torch's own writer: exit 4, one line, the previous checkpoint byte-identical ----------
 
-class DiskFullHandle:
-    """The file torch.save writes into, on a disk that is full: every write fails as the kernel's would."""
+class FailingHandle:
+    """The file torch.save writes into, which fails once `room` bytes are in it: by default as a full disk
+    does. (A failure at the very first write reaches torch.save's caller as it is; a later one, as on a
+    real disk, comes out of torch's zip writer as RuntimeError "unexpected pos".)"""
 
-    def __init__(self, handle) -> None:
-        self.handle = handle
+    def __init__(self, handle, room: int = 4096, failure: BaseException | None = None) -> None:
+        self.handle, self.room = handle, room
+        self.failure = failure or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def write(self, data) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if len(data) > self.room:
+            raise self.failure
+        self.room -= len(data)
+        return self.handle.write(data)
 
     def flush(self) -> None:
         self.handle.flush()
@@ -79,7 +86,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_exits_4(data_root, tmp_path
     run_dir, saved, real_save = tmp_path / "run", {}, torch.save
 
     def save(payload, handle, *args, **kwargs):  # torch's real zip writer, into a file on a full disk
-        return real_save(payload, DiskFullHandle(handle) if saved else handle, *args, **kwargs)
+        return real_save(payload, FailingHandle(handle) if saved else handle, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
     after_epoch(monkeypatch, 1, lambda trainer: saved.update(run_files(run_dir)))
@@ -93,16 +100,17 @@ def test_full_disk_keeps_the_previous_checkpoint_and_exits_4(data_root, tmp_path
     assert not list(run_dir.glob(".*.tmp"))
 
 
-def test_torch_writer_failure_is_raised_as_its_cause(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()],
+                         ids=["disk_full", "ctrl_c"])
+def test_torch_writer_failure_is_raised_as_its_cause(tmp_path, monkeypatch, failure):
     """torch.save's RuntimeError ("unexpected pos") becomes the OSError or KeyboardInterrupt behind it."""
-    def interrupted(self, data):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(DiskFullHandle, "write", interrupted)
-    real_save = torch.save
-    monkeypatch.setattr(checkpoint.torch, "save", lambda data, handle: real_save(data, DiskFullHandle(handle)))
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {}}, tmp_path / "last.pt")
+    payload, real_save = {"model": {"w": torch.zeros(10_000)}, "config": {}}, torch.save
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # what torch itself raises
+        real_save(payload, FailingHandle(io.BytesIO(), 4096, failure))
+    monkeypatch.setattr(checkpoint.torch, "save",
+                        lambda data, handle: real_save(data, FailingHandle(handle, 4096, failure)))
+    with pytest.raises(type(failure)):
+        save_checkpoint(payload, tmp_path / "last.pt")
     assert not list(tmp_path.iterdir())
 
 
@@ -184,8 +192,11 @@ from captioner.training import trainer as engine
 
 class SlowHandle:
     def __init__(self, handle):
-        self.handle = handle
+        self.handle, self.writes = handle, 0
     def write(self, data):
+        self.writes += 1
+        if self.writes == 3:  # torch's zip writer has begun: an interrupt now meets it half-way
+            print("saving", flush=True)
         for _ in range(5):
             time.sleep(0.01)
         return self.handle.write(data)
@@ -194,7 +205,6 @@ class SlowHandle:
 
 real_save, real_step = torch.save, engine.Trainer.train_step
 def slow_save(payload, handle):
-    print("saving", flush=True)
     return real_save(payload, SlowHandle(handle))
 def slow_step(self, *batch):
     print(f"starting step {self.progress['step'] + 1}", flush=True)
