@@ -4,7 +4,7 @@
     python train.py --config configs/shapes.yaml train.epochs=3 model.cell=gru
     python train.py --resume runs/shapes/last.pt      # continue an interrupted run
     python train.py --force                           # start over in a run_dir that holds a run
-    torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/training/distributed.py)
+    torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/distributed.py)
     python train.py --config configs/scorer.yaml      # a `task: scorer` config: the image–sentence scorer
 
 Every config key can be overridden as a dotted key=value word. Each epoch prints one line (loss,
@@ -31,7 +31,7 @@ from captioner.encoders.backbones import EncoderError
 from captioner.metrics.report import metric_table
 from captioner.scorer.training import is_scorer_config
 from captioner.scorer.training import main as train_scorer
-from captioner.training.setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
+from captioner.training.stops import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
 
 DEFAULT_CONFIG = "configs/shapes.yaml"
 
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _leave_process_group() -> None:
-    """Under torchrun, leave the process group (captioner.training.distributed is loaded only once training starts)."""
-    module = sys.modules.get("captioner.training.distributed")
+    """Under torchrun, leave the process group (captioner.distributed is loaded only once training starts)."""
+    module = sys.modules.get("captioner.distributed")
     if module is not None:
         module.shutdown()
 

@@ -4,7 +4,7 @@ synthetic in-memory batches (the same model and step; the difference is what loa
 A small shapes dataset (JPEG, 64 px, already the model's size: no resize work) is written to a temporary
 folder. Paths, as captioner/training/trainer.py builds them (captioner/data/batches.py):
   in-memory batches      the same (pixels, captions) tensors every step: no loading at all
-  loader, image bank     images decoded and preprocessed once into a uint8 bank (the engine's choice
+  loader, image bank     images decoded and preprocessed once into a uint8 bank (the trainer's choice
                          when they fit in memory), the DataLoader only indexes and collates
   loader, disk, W        every image read and decoded per step, with W worker processes
 Each sample times the steps of one epoch after the first batch (worker start-up is paid once per epoch

@@ -29,7 +29,8 @@ QUICK_OVERRIDES = ("train.batch_size=2", "train.captions_per_image=2", "model.em
 def train_step(model: Captioner, optimizer: torch.optim.Optimizer, captions: torch.Tensor,
                captions_per_image: int, images: torch.Tensor | None = None,
                features: torch.Tensor | None = None) -> None:
-    """What engine.Trainer.train_step does, minus logging: loss, backward, clip at 5, one Adam step."""
+    """What Trainer.train_step (captioner/training/trainer.py) does, minus logging: loss, backward,
+    clip at 5, one Adam step."""
     _, loss = model(images, captions, features=features, captions_per_image=captions_per_image)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -68,7 +69,7 @@ def variants(settings: Settings, root: Path) -> tuple[dict, dict]:
 
 
 def _pixels(model: Captioner, records) -> torch.Tensor:
-    """The in-memory uint8 bank the engine keeps when images fit: (B, 3, S, S)."""
+    """The in-memory uint8 bank the trainer keeps when images fit: (B, 3, S, S)."""
     return torch.stack([model.encoder.preprocess(load_image(record.path)) for record in records])
 
 

@@ -7,11 +7,9 @@ step that emitted it over the encoder's h x w map, upsampled to the image and la
     A_t = bilinear(α_t as (h, w)) to (S, S)  smooth, for the picture only; the test reads α_t itself
     p_t = p(w_t | image, w_<t)               shown beside the word
 
-`trace_attention` replays a finished caption through the decoder's own `start` and `step` inside
-`recording_attention()` (a thread-local record, as `StackedLSTM.recording()` for the gates), so it
-works for both attention queries (h_{t-1}, Xu et al.; h_t, Lu et al.) and for any search (greedy,
-beam, sampling): in eval mode the decoder is deterministic, so the replay gives the weights that
-produced each word. The demo and `python -m captioner.caption --attention-maps DIR` draw the same
+`trace_attention` replays a finished caption through the decoder while it records α_t
+(captioner/replay.py, the replay the gate view uses too), so it works for both attention queries
+(h_{t-1}, Xu et al.; h_t, Lu et al.) and for any search (greedy, beam, sampling). The demo and `python -m captioner.caption --attention-maps DIR` draw the same
 `plot_attention` figure (a `matplotlib.figure.Figure`, no pyplot global state).
 """
 from __future__ import annotations
@@ -27,7 +25,7 @@ from matplotlib.figure import Figure
 
 from captioner.files import write_atomically
 from captioner.model import Captioner
-from captioner.modes import evaluating
+from captioner.replay import replay_caption
 
 COLUMNS = 5  # word panels per row of the figure
 NO_ATTENTION = ("This model has no attention (model.attention=false, Show and Tell): it reads the whole image "
@@ -45,30 +43,21 @@ class AttentionTrace:
 
 
 def has_attention(model: Captioner) -> bool:
-    return hasattr(model.decoder, "recording_attention")
+    return model.config.attention
 
 
-@torch.no_grad()
 def trace_attention(model: Captioner, pixels: torch.Tensor, token_ids: list[int], finished: bool = True) -> AttentionTrace:
     """Replay `token_ids` (without <start>/<end>) for one preprocessed image (1, 3, S, S) uint8 and
     record α_t at every step. The model must have attention (`has_attention`)."""
     if not has_attention(model):
         raise ValueError(NO_ATTENTION)
-    vocab = model.vocab
-    targets = list(token_ids) + ([vocab.end_id] if finished else [])
-    inputs = [vocab.start_id] + list(token_ids)  # word t is read to choose word t+1
-    probabilities = []
-    with evaluating(model), model.decoder.recording_attention() as recorded:
-        state = model.decoder.start(model.encoder(pixels))
-        for input_id, target_id in zip(inputs, targets):
-            log_probs, state = model.next_word(torch.tensor([input_id], device=pixels.device), state)  # (1, V)
-            probabilities.append(float(log_probs[0, target_id].exp()))
-    weights = torch.cat(recorded).float().cpu().numpy()  # (T, L)
+    replay = replay_caption(model, pixels, token_ids, model.decoder, finished)
+    weights = torch.cat(replay.steps).float().cpu().numpy()  # (T, L)
     side = math.isqrt(weights.shape[1])
     if side * side != weights.shape[1]:
         raise ValueError(f"attention over {weights.shape[1]} regions: expected a square grid")
-    return AttentionTrace([vocab.words[token] for token in targets], np.asarray(probabilities),
-                          weights.reshape(len(targets), side, side), pixels[0].permute(1, 2, 0).cpu().numpy())
+    return AttentionTrace(replay.words, replay.probabilities, weights.reshape(len(replay.words), side, side),
+                          pixels[0].permute(1, 2, 0).cpu().numpy())
 
 
 def upsample(weights: np.ndarray, side: int) -> np.ndarray:

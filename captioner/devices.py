@@ -28,3 +28,13 @@ def available_device(name: str | torch.device, option: str = "--device ") -> tor
     elif device.type not in ("cpu", "mps", "meta"):
         raise DeviceError(f"{option}{name}: expected cpu, cuda or cuda:N")
     return device
+
+
+def resolve_device(name: str, threads: int) -> torch.device:
+    """A training run's device (train.device: auto means CUDA when there is one) and its CPU threads."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return available_device(name, option="train.device=")
+

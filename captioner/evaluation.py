@@ -25,6 +25,7 @@ from captioner.data.batches import preprocess_file
 from captioner.data.paths import shown_path
 from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.devices import DeviceError
+from captioner.distributed import SINGLE, Cluster, gather_objects, run_sharded
 from captioner.files import write_atomically
 from captioner.metrics.bleu import bleu_scores
 from captioner.metrics.cider import CiderD
@@ -35,8 +36,6 @@ from captioner.metrics.report import metric_table
 from captioner.metrics.rouge import corpus_rouge_l
 from captioner.model import DECODING, Captioner, load_checkpoint
 from captioner.modes import evaluating
-from captioner.training import distributed
-from captioner.training.distributed import SINGLE, Cluster, run_sharded
 from captioner.vocab import tokenize
 
 
@@ -85,7 +84,7 @@ def score_captions(captions: Sequence[str], records: Sequence[ImageRecord], clus
     metrics: dict[str, Any] = bleu_scores(hypotheses, references)
     if meteor and references:  # rank 0 runs Java (one process per run, not per rank) and tells the others
         scored = meteor_metric(hypotheses, references) if cluster.is_main else {}
-        metrics.update(distributed.gather_objects(scored, cluster)[0])
+        metrics.update(gather_objects(scored, cluster)[0])
     if references:  # ROUGE-L and CIDEr-D ×100, CIDEr-D's frequencies from this split's references (as coco-caption)
         metrics["rouge_l"] = 100.0 * corpus_rouge_l(hypotheses, references)
         metrics["cider"] = 100.0 * CiderD(references).corpus_score(hypotheses, references)

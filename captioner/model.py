@@ -152,17 +152,17 @@ class Captioner(nn.Module):
 
 def build_decoder(config: ModelConfig, encoder: Encoder, vocab_size: int) -> nn.Module:
     """Show and Tell on the pooled feature, or soft attention over the encoder's map (model.attention)."""
+    sizes = dict(vocab_size=vocab_size, embed_size=config.embed_size, hidden_size=config.hidden_size,
+                 num_layers=config.num_layers, cell=config.cell, dropout=config.dropout)
     if not config.attention:
-        return Decoder(encoder.feature_dim, vocab_size, config.embed_size, config.hidden_size, config.num_layers,
-                       config.cell, config.dropout, config.image_as)
+        return Decoder(feature_dim=encoder.feature_dim, image_as=config.image_as, **sizes)
     if config.attention_query not in ATTENTION_QUERIES:
         raise ConfigError(f"model.attention_query: expected one of {', '.join(ATTENTION_QUERIES)}, "
                           f"got {config.attention_query!r}")
     region_dim = encoder.use_regions()
     num_regions = encoder.num_regions if config.region_positions else 0
-    return ATTENTION_QUERIES[config.attention_query](
-        region_dim, vocab_size, config.embed_size, config.hidden_size, config.num_layers,
-        config.cell, config.dropout, config.attention_size, num_regions)
+    return ATTENTION_QUERIES[config.attention_query](region_dim=region_dim, attention_size=config.attention_size,
+                                                     num_regions=num_regions, **sizes)
 
 
 def current_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from captioner.data import shapes
 from captioner.data.batches import pad_sequences
 from captioner.decoders.attention import ATTENTION_QUERIES
 from captioner.model import Captioner
+from captioner.rnn.recorder import recording
 from captioner.vocab import Vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,10 +58,10 @@ def test_recording_is_per_thread_and_leaves_generation_unchanged(query):
     model = tiny_model(query=query)
     pixels = torch.cat([scene_pixels(model, seed) for seed in range(3)])  # (3, 3, 64, 64)
     plain = model.generate(pixels, beam_size=2, max_length=6)
-    with model.decoder.recording_attention() as recorded:
+    with recording(model.decoder) as recorded:
         watched = model.generate(pixels, beam_size=2, max_length=6)
         with pytest.raises(RuntimeError, match="already recording"):
-            with model.decoder.recording_attention():
+            with recording(model.decoder):
                 pass
     assert [g.token_ids for g in plain] == [g.token_ids for g in watched]
     assert recorded and all(torch.allclose(alpha.sum(dim=-1), torch.ones(alpha.size(0))) for alpha in recorded)

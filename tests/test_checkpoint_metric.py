@@ -10,7 +10,7 @@ from conftest import REPO, tiny_overrides
 import train
 from captioner.config import load_config
 from captioner.training import trainer
-from captioner.training.setup import recorded_best_score
+from captioner.training.progress import recorded_best_score
 from captioner.training.trainer import Trainer
 
 CONFIG = str(REPO / "configs/shapes.yaml")
@@ -24,7 +24,7 @@ def scripted_scores(monkeypatch):
 
     def evaluate(model, records, split, *args, **kwargs):
         metrics, captions = real_evaluate(model, records, split, *args, **kwargs)
-        if split == "val":  # the epoch about to end is the trainer's progress["epoch"] + 1
+        if split == "val":  # the epoch about to end is the trainer's progress.epoch + 1
             epoch = len(epochs_seen) + 1
             epochs_seen.append(epoch)
             metrics = {**metrics, "bleu4": BLEU4_BY_EPOCH[epoch], "cider": CIDER_BY_EPOCH[epoch]}

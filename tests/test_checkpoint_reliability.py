@@ -23,7 +23,7 @@ from captioner import CheckpointError, load_checkpoint
 from captioner.checkpoint import save_checkpoint
 from captioner.config import load_config, to_dict
 from captioner.evaluation import main as evaluation_main
-from captioner.training.setup import check_same_model, resume_target
+from captioner.training.progress import check_same_model, resume_target
 from captioner.vocab import Vocabulary
 
 CONFIG = str(REPO / "configs/shapes.yaml")

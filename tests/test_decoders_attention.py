@@ -14,7 +14,8 @@ V, D, L, B, T = 11, 6, 16, 3, 5
 
 def make_decoder(query: str, num_regions: int = L, num_layers: int = 2):
     torch.manual_seed(0)
-    return ATTENTION_QUERIES[query](D, V, 8, 10, num_layers, "lstm", 0.0, 7, num_regions).eval()
+    return ATTENTION_QUERIES[query](region_dim=D, vocab_size=V, embed_size=8, hidden_size=10, num_layers=num_layers,
+                                    cell="lstm", dropout=0.0, attention_size=7, num_regions=num_regions).eval()
 
 
 @pytest.mark.parametrize("query", sorted(ATTENTION_QUERIES))

@@ -1,4 +1,5 @@
-"""The layout holds: no import cycle inside captioner/ (imports inside functions count too), each
+"""The layout holds: no import cycle inside captioner/ (imports inside functions count too), no two
+packages that import each other (a top-level module counts as a package), each
 subpackage's docstring says what it holds and what it may import, and its modules import nothing else."""
 from __future__ import annotations
 
@@ -53,6 +54,17 @@ def test_there_is_no_import_cycle():
 
     for name in sorted(GRAPH):
         visit(name)
+
+
+def package_of(module: str) -> str:
+    """captioner.rnn.cells -> captioner.rnn; a top-level module (captioner.model) is a package of its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_two_packages_import_each_other():
+    edges = {(package_of(name), package_of(target)) for name, imported in GRAPH.items() for target in imported}
+    mutual = sorted(f"{a} <-> {b}" for a, b in edges if a < b and (b, a) in edges)
+    assert not mutual, f"packages that import each other (an arrow points up): {', '.join(mutual)}"
 
 
 def allowed_imports(subpackage: str) -> set[str]:

@@ -227,24 +227,6 @@ def test_step_repeated_equals_forward(cell, num_layers):
     assert (state[0] - h_n).abs().max() <= 1e-6 and (state[1] - c_n).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("cell,keys", [("rnn", {"h"}), ("lstm", set("ifgoch")), ("peephole", set("ifgoch")),
-                                       ("coupled", set("ifgoch")), ("gru", {"r", "z", "n", "h"})])
-def test_step_records_gate_activations(cell, keys):
-    module = StackedLSTM(4, 5, 2, cell=cell)
-    x_t = torch.randn(3, 4)
-    top, state, records = module.step(x_t, None, record=True)
-    plain_top, plain_state = module.step(x_t, None)
-    assert len(records) == 2 and all(set(record) == keys for record in records)
-    assert torch.equal(records[-1]["h"], top) and torch.equal(top, plain_top)
-    assert torch.equal(state[0], plain_state[0]) and torch.equal(records[0]["h"], state[0][0])
-    if "c" in keys:
-        assert torch.equal(records[1]["c"], state[1][1])
-    if cell == "coupled":
-        assert torch.allclose(records[0]["i"], 1 - records[0]["f"])
-    for record in records:
-        assert all(value.shape == (3, 5) for value in record.values())
-
-
 def test_dropout_between_layers_in_training_only():
     module = StackedLSTM(4, 6, 2, dropout=0.5)
     no_dropout = StackedLSTM(4, 6, 2, dropout=0.0)

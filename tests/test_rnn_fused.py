@@ -17,8 +17,9 @@ from test_rnn_cells import (
 )
 from torch import nn
 
-from captioner.rnn import fused as fast_lstm
-from captioner.rnn import gemm as fast_gemm
+from captioner.rnn import fused
+from captioner.rnn import gemm
+from captioner.rnn.recorder import recording
 from captioner.rnn.stacked import StackedLSTM
 
 SHAPE_IDS = ["B{}T{}E{}H{}L{}{}{}".format(*s[:5], "bi" if s[5] else "", "state" if s[6] else "") for s in SHAPES]
@@ -33,8 +34,8 @@ def _seed():
 @pytest.fixture
 def onednn(request, monkeypatch):
     """Parametrised: True = oneDNN products even at these tiny sizes (its threshold lowered), False = addmm."""
-    monkeypatch.setattr(fast_gemm, "ONEDNN_MIN_MACS", 1)
-    with fast_gemm.use_onednn(request.param):
+    monkeypatch.setattr(gemm, "ONEDNN_MIN_MACS", 1)
+    with gemm.use_onednn(request.param):
         yield request.param
 
 
@@ -42,12 +43,12 @@ def onednn(request, monkeypatch):
 def calls(monkeypatch):
     """Counts how often the fast layer Function runs."""
     counter = {"fast": 0}
-    original = fast_lstm.LSTMLayerFunction.apply
+    original = fused.LSTMLayerFunction.apply
 
     def counting(*args):
         counter["fast"] += 1
         return original(*args)
-    monkeypatch.setattr(fast_lstm.LSTMLayerFunction, "apply", counting)
+    monkeypatch.setattr(fused.LSTMLayerFunction, "apply", counting)
     return counter
 
 
@@ -99,7 +100,7 @@ def test_layer_function_passes_gradcheck(with_state):
         state = [torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(2)]
 
     def run(*inputs):
-        return fast_lstm.LSTMLayerFunction.apply(*inputs)
+        return fused.LSTMLayerFunction.apply(*inputs)
     assert torch.autograd.gradcheck(run, (x, *weights, *state), eps=1e-6, atol=1e-7)
 
 
@@ -113,8 +114,8 @@ def test_dispatch_and_switch(calls):
     StackedLSTM(4, 5, 2).to(torch.bfloat16)(x.to(torch.bfloat16))  # no fast path for bfloat16
     assert calls["fast"] == 2, "only the plain LSTM in float32/float64 takes the fast path"
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not fast_lstm.fast_path_applies(x, "lstm")
-    assert fast_lstm.fast_path_applies(x, "lstm") and not fast_lstm.fast_path_applies(x, "gru")
+        assert not fused.fast_path_applies(x, "lstm")
+    assert fused.fast_path_applies(x, "lstm") and not fused.fast_path_applies(x, "gru")
 
 
 def test_inference_and_frozen_weights():
@@ -148,19 +149,19 @@ def test_second_derivative_is_refused_clearly():
 def test_gemm_helpers_match_torch(onednn, monkeypatch):
     x, weight, bias = torch.randn(10, 6), torch.randn(8, 6), torch.randn(8)
     other, d_output = torch.randn(10, 8), torch.randn(10, 8)
-    assert torch.allclose(fast_gemm.linear(x, weight, bias), x @ weight.t() + bias, atol=1e-5)
-    assert torch.allclose(fast_gemm.linear(x, weight), x @ weight.t(), atol=1e-5)
-    assert torch.allclose(fast_gemm.weight_gradient(d_output, x), d_output.t() @ x, atol=1e-5)
-    step = fast_gemm.StepWeight(weight, batch_size=10)
-    assert (step.packed is not None) == (onednn and fast_gemm.ONEDNN_AVAILABLE)
+    assert torch.allclose(gemm.linear(x, weight, bias), x @ weight.t() + bias, atol=1e-5)
+    assert torch.allclose(gemm.linear(x, weight), x @ weight.t(), atol=1e-5)
+    assert torch.allclose(gemm.weight_gradient(d_output, x), d_output.t() @ x, atol=1e-5)
+    step = gemm.StepWeight(weight, batch_size=10)
+    assert (step.packed is not None) == (onednn and gemm.ONEDNN_AVAILABLE)
     assert torch.allclose(step(x, other), x @ weight.t() + other, atol=1e-5)
     assert torch.allclose(step(x), x @ weight.t(), atol=1e-5)
-    transposed = fast_gemm.StepWeight(weight.t(), batch_size=10)  # a non-contiguous view, as in backward
+    transposed = gemm.StepWeight(weight.t(), batch_size=10)  # a non-contiguous view, as in backward
     assert torch.allclose(transposed(d_output), d_output @ weight, atol=1e-5)
-    assert not fast_gemm.onednn_applies(x.double())
+    assert not gemm.onednn_applies(x.double())
     monkeypatch.undo()  # the real threshold again
-    assert not fast_gemm.onednn_applies(x, macs=1000), "a tiny product should stay with addmm"
-    assert fast_gemm.onednn_applies(x, macs=64 * 2048 * 512) == (onednn and fast_gemm.ONEDNN_AVAILABLE)
+    assert not gemm.onednn_applies(x, macs=1000), "a tiny product should stay with addmm"
+    assert gemm.onednn_applies(x, macs=64 * 2048 * 512) == (onednn and gemm.ONEDNN_AVAILABLE)
 
 
 @pytest.mark.parametrize("onednn", ONEDNN, indirect=True)
@@ -173,7 +174,7 @@ def test_decoding_step_matches_readable_step_and_follows_weight_changes(onednn):
         with torch.no_grad():
             top, (h, c) = module.step(x_t, state)
             expected_top, (expected_h, expected_c) = reference.step(x_t, state)
-            assert fast_lstm._DECODING.get(module), "decoding did not take the fast step"
+            assert fused._DECODING.get(module), "decoding did not take the fast step"
             for ours, theirs in ((top, expected_top), (h, expected_h), (c, expected_c)):
                 assert (ours - theirs).abs().max() <= 1e-5
             for parameter, twin in zip(module.parameters(), reference.parameters()):
@@ -196,7 +197,7 @@ def test_decoding_a_model_built_under_inference_mode_follows_in_place_changes():
             for parameter, twin in zip(module.parameters(), reference.parameters()):
                 parameter.add_(0.1)
                 twin.add_(0.1)
-    assert module not in fast_lstm._DECODING
+    assert module not in fused._DECODING
 
 
 def test_step_with_gradients_or_records_keeps_the_readable_cell():
@@ -204,7 +205,7 @@ def test_step_with_gradients_or_records_keeps_the_readable_cell():
     x_t = torch.randn(3, 6, requires_grad=True)
     top, _ = module.step(x_t, None)  # training through step (the attention decoder): autograd must see it
     top.sum().backward()
-    assert x_t.grad is not None and module not in fast_lstm._DECODING
-    with torch.no_grad():
-        _, _, records = module.step(x_t, None, record=True)
-    assert set(records[0]) == set("ifgoch") and module not in fast_lstm._DECODING
+    assert x_t.grad is not None and module not in fused._DECODING
+    with torch.no_grad(), recording(module) as steps:
+        module.step(x_t, None)
+    assert set(steps[0][0]) == set("ifgoch") and module not in fused._DECODING

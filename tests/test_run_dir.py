@@ -46,7 +46,7 @@ def write_or_die(path, write):
 def end_epoch(self):
     def scored_by_epoch(*args, **kwargs):
         metrics, captions = real_evaluate(*args, **kwargs)
-        return {**metrics, "bleu4": self.progress["epoch"] + 1 - float(os.environ.get("SCORE_OFFSET", 0))}, captions
+        return {**metrics, "bleu4": self.progress.epoch + 1 - float(os.environ.get("SCORE_OFFSET", 0))}, captions
     trainer.evaluate = scored_by_epoch
     try:
         real_end_epoch(self)

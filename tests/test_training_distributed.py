@@ -1,4 +1,4 @@
-"""Data-parallel training (captioner/training/distributed.py) and bf16 mixed precision.
+"""Data-parallel training (captioner/distributed.py) and bf16 mixed precision.
 
 The end-to-end tests run `python -m torch.distributed.run --nproc_per_node=2 --standalone train.py` with two
 CPU processes (gloo) on the tiny config, then check that only rank 0 wrote, that each rank took half of
@@ -21,15 +21,14 @@ import torch
 from conftest import REPO, tiny_overrides
 from torch import nn
 
-from captioner import load_checkpoint
+from captioner import distributed, evaluation, load_checkpoint
 from captioner.config import decoding_options, load_config
 from captioner.data import load_dataset
 from captioner.data.records import ImageRecord
+from captioner.distributed import Cluster
 from captioner.evaluation import evaluate
 from captioner.model import Captioner
-from captioner.training import distributed
-from captioner.training.distributed import Cluster
-from captioner.training.setup import autocast, build_scheduler
+from captioner.training.optimizer import autocast, build_scheduler
 from captioner.vocab import Vocabulary
 
 CONFIG = str(REPO / "configs/shapes.yaml")
@@ -129,14 +128,14 @@ def test_ddp_run_resumes(ddp_run, data_root, tmp_path):
 REPORT_WEIGHTS = """
 import sys
 sys.path.insert(0, REPOSITORY)  # this checkout's captioner, not whichever one is installed
-from captioner.training import trainer as engine
-test = engine.Trainer.test
+from captioner.training import trainer as training_loop
+test = training_loop.Trainer.test
 def report_then_test(self):  # before test() loads best.pt into every rank; a file each: stdout interleaves
     total = sum(p.detach().double().sum().item() for p in self.model.parameters())
     with open(f"WEIGHTS_DIRECTORY/rank{self.cluster.rank}.txt", "w") as handle:
         handle.write(repr(total))
     return test(self)
-engine.Trainer.test = report_then_test
+training_loop.Trainer.test = report_then_test
 import train
 sys.exit(train.main(sys.argv[1:]))
 """
@@ -228,7 +227,9 @@ def test_gathered_captions_keep_the_original_order(world_size, monkeypatch):
     pixels = torch.arange(len(records)).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)  # (N, 3, 2, 2) image i = i
     expected = evaluate(model, records, "val", 1, 20, batch_size=2, pixels=pixels)
     assert expected[1] == generated
-    monkeypatch.setattr(distributed, "gather_objects", simulated_all_gather(world_size))
+    gather = simulated_all_gather(world_size)
+    monkeypatch.setattr(distributed, "gather_objects", gather)
+    monkeypatch.setattr(evaluation, "gather_objects", gather)  # the scores' gather, imported by name
     results: list = [None] * world_size
 
     def rank(index: int) -> None:

@@ -22,8 +22,8 @@ import train
 from captioner.config import load_config
 from captioner.data import load_dataset
 from captioner.training import inputs as training_inputs
-from captioner.training import trainer as engine
-from captioner.training.setup import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
+from captioner.training import trainer as training_loop
+from captioner.training.stops import EXIT_INTERRUPTED, NonFiniteLoss, TrainingInterrupted
 
 CONFIG = str(REPO / "configs/shapes.yaml")
 STEPS_PER_EPOCH = 4  # tiny_overrides: 64 training images, batches of 16
@@ -49,26 +49,26 @@ def train_main(data_root: Path, run_dir: Path, *extra: str) -> int:
 def after_each_step(monkeypatch, hook) -> list[float]:
     """Call hook(trainer) after every optimizer step; return the list that collects the per-step losses."""
     losses: list[float] = []
-    original = engine.Trainer.train_step
+    original = training_loop.Trainer.train_step
 
     def recorded_step(self, *batch):
         losses.append(original(self, *batch))
         hook(self)
         return losses[-1]
 
-    monkeypatch.setattr(engine.Trainer, "train_step", recorded_step)
+    monkeypatch.setattr(training_loop.Trainer, "train_step", recorded_step)
     return losses
 
 
 def before_each_step(monkeypatch, hook) -> None:
-    """Call hook(trainer) before every optimizer step (progress["step"] is the number done so far)."""
-    original = engine.Trainer.train_step
+    """Call hook(trainer) before every optimizer step (progress.step is the number done so far)."""
+    original = training_loop.Trainer.train_step
 
     def hooked_step(self, *batch):
         hook(self)
         return original(self, *batch)
 
-    monkeypatch.setattr(engine.Trainer, "train_step", hooked_step)
+    monkeypatch.setattr(training_loop.Trainer, "train_step", hooked_step)
 
 
 def weights_are_finite(path: Path) -> bool:
@@ -97,7 +97,7 @@ def test_nan_loss_after_a_saved_epoch_leaves_both_checkpoints_byte_identical(dat
     run_dir, saved = tmp_path / "run", {}
 
     def poison_step_six(trainer) -> None:
-        if trainer.progress["step"] == STEPS_PER_EPOCH + 1:  # second epoch, after last.pt and best.pt were saved
+        if trainer.progress.step == STEPS_PER_EPOCH + 1:  # second epoch, after last.pt and best.pt were saved
             saved.update({name: (run_dir / name).read_bytes() for name in ("last.pt", "best.pt")})
             forward = trainer.model.forward
             monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: (forward(*a, **k)[0], torch.tensor(float("nan"))))
@@ -112,11 +112,11 @@ def test_nan_loss_after_a_saved_epoch_leaves_both_checkpoints_byte_identical(dat
 
 
 def test_non_finite_gradient_is_caught_before_the_optimizer_step(data_root, tmp_path, monkeypatch):
-    trainer = engine.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None)
+    trainer = training_loop.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None)
     before: dict[str, torch.Tensor] = {}
 
     def overflow_in_backward(trainer) -> None:
-        if trainer.progress["step"] == 2:  # the loss stays finite; only the gradient overflows
+        if trainer.progress.step == 2:  # the loss stays finite; only the gradient overflows
             before.update({k: v.detach().clone() for k, v in trainer.model.named_parameters()})
             next(trainer.model.parameters()).register_hook(lambda gradient: gradient * float("inf"))
 
@@ -128,10 +128,10 @@ def test_non_finite_gradient_is_caught_before_the_optimizer_step(data_root, tmp_
 
 
 def test_non_finite_weights_are_never_written_as_last_or_best(data_root, tmp_path, monkeypatch):
-    trainer = engine.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None)
+    trainer = training_loop.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None)
 
     def blow_up_last_update(trainer) -> None:  # as if the epoch's last update overflowed
-        if trainer.progress["step"] == STEPS_PER_EPOCH:
+        if trainer.progress.step == STEPS_PER_EPOCH:
             with torch.no_grad():
                 next(trainer.model.parameters()).fill_(float("inf"))
 
@@ -147,8 +147,8 @@ def stop_after(monkeypatch, steps: int | None) -> list[float]:
     """Record per-step losses; after `steps` steps raise a real SIGINT at the trainer (None: never)."""
 
     def maybe_interrupt(trainer) -> None:
-        if trainer.progress["step"] == steps:
-            assert isinstance(getattr(signal.getsignal(signal.SIGINT), "__self__", None), engine.StopOnSignal)
+        if trainer.progress.step == steps:
+            assert isinstance(getattr(signal.getsignal(signal.SIGINT), "__self__", None), training_loop.StopOnSignal)
             signal.raise_signal(signal.SIGINT)
 
     return after_each_step(monkeypatch, maybe_interrupt)
@@ -160,7 +160,7 @@ def straight_run(data_root, tmp_path_factory) -> tuple[list[float], Path]:
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
         losses = stop_after(monkeypatch, None)
-        engine.Trainer(tiny_config(data_root, run_dir), log=lambda message: None).fit()
+        training_loop.Trainer(tiny_config(data_root, run_dir), log=lambda message: None).fit()
     return losses, run_dir
 
 
@@ -170,10 +170,10 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data_root, straight_run
     run_dir, log = tmp_path / "run", []
     losses = stop_after(monkeypatch, stop_step)
     with pytest.raises(TrainingInterrupted):
-        engine.Trainer(tiny_config(data_root, run_dir), log=log.append).fit()
+        training_loop.Trainer(tiny_config(data_root, run_dir), log=log.append).fit()
     progress = torch.load(run_dir / "last.pt", weights_only=True)["progress"]
     assert (progress["step"], progress["batch"]) == (stop_step, stop_step % STEPS_PER_EPOCH)  # mid-epoch
-    engine.Trainer(tiny_config(data_root, run_dir), resume=run_dir / "last.pt", log=log.append).fit()
+    training_loop.Trainer(tiny_config(data_root, run_dir), resume=run_dir / "last.pt", log=log.append).fit()
     assert any(f"at epoch {stop_step // STEPS_PER_EPOCH}, batch {stop_step % STEPS_PER_EPOCH}" in line for line in log)
     assert len(losses) == len(straight_losses) == 2 * STEPS_PER_EPOCH
     assert losses == straight_losses  # bitwise: RNG (dropout), optimizer, scheduler and data order restored
@@ -189,12 +189,12 @@ def test_resume_inside_the_self_critical_epochs_reproduces_the_uninterrupted_run
     extra = ("train.epochs=1", "train.self_critical_epochs=1")
     with pytest.MonkeyPatch.context() as straight_patch:
         straight_losses = stop_after(straight_patch, None)
-        engine.Trainer(tiny_config(data_root, tmp_path / "straight", *extra), log=lambda message: None).fit()
+        training_loop.Trainer(tiny_config(data_root, tmp_path / "straight", *extra), log=lambda message: None).fit()
     run_dir, log = tmp_path / "run", []
     losses = stop_after(monkeypatch, STEPS_PER_EPOCH + 2)
     with pytest.raises(TrainingInterrupted):
-        engine.Trainer(tiny_config(data_root, run_dir, *extra), log=log.append).fit()
-    engine.Trainer(tiny_config(data_root, run_dir, *extra), resume=run_dir / "last.pt", log=log.append).fit()
+        training_loop.Trainer(tiny_config(data_root, run_dir, *extra), log=log.append).fit()
+    training_loop.Trainer(tiny_config(data_root, run_dir, *extra), resume=run_dir / "last.pt", log=log.append).fit()
     assert len(losses) == 2 * STEPS_PER_EPOCH and losses == straight_losses  # the same samples, the same steps
     assert sum("self-critical training from best.pt" in line for line in log) == 1  # not reloaded mid-epoch
     resumed, straight = (torch.load(d / "last.pt", weights_only=True) for d in (run_dir, tmp_path / "straight"))
@@ -204,15 +204,15 @@ def test_resume_inside_the_self_critical_epochs_reproduces_the_uninterrupted_run
 
 
 def test_signal_during_validation_stops_right_after_the_epoch_is_saved(data_root, tmp_path, monkeypatch):
-    real_evaluate = engine.evaluate
+    real_evaluate = training_loop.evaluate
 
     def interrupted_evaluate(*args, **kwargs):
         signal.raise_signal(signal.SIGINT)  # the handler only sets a flag; validation goes on
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", interrupted_evaluate)
+    monkeypatch.setattr(training_loop, "evaluate", interrupted_evaluate)
     with pytest.raises(TrainingInterrupted):
-        engine.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None).fit()
+        training_loop.Trainer(tiny_config(data_root, tmp_path / "run"), log=lambda message: None).fit()
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["progress"]["epoch"] == 1
     assert not (tmp_path / "run" / "metrics.json").exists()  # stopped before the second epoch and the test
 
@@ -223,15 +223,15 @@ def test_signal_during_validation_stops_right_after_the_epoch_is_saved(data_root
 # many torch ops: a signal's Python handler runs between them (one long sleep would delay it to the end).
 SLOW_STEPS = """
 import sys, time
-from captioner.training import trainer as engine
-original = engine.Trainer.train_step
+from captioner.training import trainer as training_loop
+original = training_loop.Trainer.train_step
 def slow_step(self, *batch):
-    print(f"starting step {self.progress['step'] + 1}", flush=True)
+    print(f"starting step {self.progress.step + 1}", flush=True)
     deadline = time.perf_counter() + float(sys.argv[1])
     while time.perf_counter() < deadline:
         time.sleep(0.01)
     return original(self, *batch)
-engine.Trainer.train_step = slow_step
+training_loop.Trainer.train_step = slow_step
 import train
 sys.exit(train.main(sys.argv[2:]))
 """
@@ -293,7 +293,7 @@ def test_corrupted_image_in_a_worker_names_sample_and_file_without_hanging(data_
     shutil.copytree(data_root, root)  # this test damages an image after the dataset check
     monkeypatch.setattr(training_inputs, "BANK_BUDGET_BYTES", 0)  # no in-memory bank: workers decode the files
     damaged = {}
-    original = engine.Trainer.training_data
+    original = training_loop.Trainer.training_data
 
     def damage_one_image(self):
         record = self.splits["train"][5]
@@ -301,7 +301,7 @@ def test_corrupted_image_in_a_worker_names_sample_and_file_without_hanging(data_
         damaged["path"] = record.path
         return original(self)
 
-    monkeypatch.setattr(engine.Trainer, "training_data", damage_one_image)
+    monkeypatch.setattr(training_loop.Trainer, "training_data", damage_one_image)
     started = time.perf_counter()
     code = train_main(root, tmp_path / "run", "train.num_workers=2")
     message = capsys.readouterr().err

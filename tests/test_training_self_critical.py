@@ -104,13 +104,13 @@ def test_self_critical_epochs_start_from_the_best_checkpoint_at_a_constant_rate(
     from conftest import REPO, tiny_overrides
 
     from captioner.config import load_config
-    from captioner.training import trainer as engine
+    from captioner.training import trainer as training_loop
 
     config = load_config(REPO / "configs/shapes.yaml", [*tiny_overrides(tmp_path / "data", tmp_path / "run"),
                                                          "train.epochs=1", "train.self_critical_epochs=2",
                                                          "train.self_critical_learning_rate=3e-4"])
     log, rates = [], []
-    trainer = engine.Trainer(config, log=log.append)
+    trainer = training_loop.Trainer(config, log=log.append)
     original_start = trainer.start_self_critical_epoch
 
     def start(dataset):

@@ -16,7 +16,7 @@ counts per split printed. batches.py turns records into training
 batches; feature_cache.py stores a frozen encoder's features on disk.
 
 May import: captioner.config, captioner.files, captioner.images, captioner.modes, captioner.vocab,
-captioner.encoders, captioner.metrics.
+captioner.encoders.
 """
 from __future__ import annotations
 

@@ -36,7 +36,6 @@ from PIL import Image, ImageDraw
 from captioner.config import ConfigError, SyntheticConfig
 from captioner.data.records import SPLITS, DatasetFormatError
 from captioner.files import write_atomically
-from captioner.metrics.bleu import bleu_scores
 from captioner.vocab import tokenize
 
 GENERATOR_VERSION = 2  # bump whenever scenes, captions or rendering change, so old copies are redone
@@ -315,16 +314,3 @@ def _make_image(index: int, split: str, config: SyntheticConfig, images_dir: Pat
                  for caption, sentid in zip(captions, sentids)]
     return {"filename": filename, "filepath": IMAGES_DIR, "split": split, "imgid": index,
             "sentids": sentids, "sentences": sentences, "scene": scene}
-
-
-def reference_bleu(json_path: Path, split: str = "test") -> dict[str, float]:
-    """Corpus BLEU-1..4 (x100) of each image's first reference against its other four.
-
-    Measures how much the references vary: five identical references would score 100.
-    """
-    dataset = json.loads(Path(json_path).read_text())
-    chosen = [[sentence["tokens"] for sentence in entry["sentences"]]
-              for entry in dataset["images"] if entry["split"] == split]
-    if not chosen:
-        raise ValueError(f"{json_path}: no images in split {split!r}")
-    return bleu_scores([tokens[0] for tokens in chosen], [tokens[1:] for tokens in chosen])

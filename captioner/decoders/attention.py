@@ -5,50 +5,20 @@ weighted sum Σ_i α_i a_i forgets which cell each vector came from, yet caption
 so each projected region also gets a learned embedding of its place in the grid (`RegionProjection`),
 as in DETR/ViT, and the context vector carries where the attended object is.
 
-`recording_attention()` keeps, on the calling thread only, the weights α_t of every step (the
-attention-map figures read them), the way `StackedLSTM.recording()` keeps the gates: no decoder math
-is repeated elsewhere, and decoding outside the block pays one thread-local look-up per step.
+Inside `captioner.rnn.recorder.recording(decoder)` each step records, on the calling thread only, its
+weights α_t, detached, (B, L) rows summing to 1 over the L regions (a teacher-forced `forward` of the
+current-state decoder records one (B*T, L) entry): the attention maps read them, as the gate view reads
+StackedLSTM's gates through the same recorder, so no decoder math is repeated elsewhere.
 """
 from __future__ import annotations
-
-import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from captioner.decoders.show_and_tell import initial_state, memory_initialiser
+from captioner.rnn.recorder import record
 from captioner.rnn.stacked import StackedLSTM
-
-_RECORDINGS = threading.local()  # id(decoder) -> list of recorded α_t, for this thread only
-
-
-class RecordsAttention:
-    """What both attention decoders share: `recording_attention()`, and `_record` for their α_t."""
-
-    @contextmanager
-    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
-        """Inside the block, every step this thread runs appends its α_t, detached, (B, L) rows summing
-        to 1 over the L regions (a teacher-forced `forward` of the current-state decoder appends one
-        (B*T, L) entry). Thread-local: a model shared by a web server keeps serving other requests."""
-        sinks = getattr(_RECORDINGS, "sinks", None)
-        if sinks is None:
-            sinks = _RECORDINGS.sinks = {}
-        if id(self) in sinks:
-            raise RuntimeError("recording_attention: already recording this decoder on this thread")
-        weights: list[torch.Tensor] = []
-        sinks[id(self)] = weights
-        try:
-            yield weights
-        finally:
-            del sinks[id(self)]
-
-    def _record(self, alpha: torch.Tensor) -> None:
-        sink = getattr(_RECORDINGS, "sinks", {}).get(id(self))
-        if sink is not None:
-            sink.append(alpha.detach())
 
 
 class RegionProjection(nn.Module):
@@ -70,7 +40,7 @@ class RegionProjection(nn.Module):
         return regions + self.position  # (B, L, W) a_i + p_i: what is there, and where
 
 
-class AttentionDecoder(RecordsAttention, nn.Module):
+class AttentionDecoder(nn.Module):
     """Show, Attend and Tell (Xu et al. 2015), deterministic soft attention, around the same StackedLSTM.
 
     The image is L region vectors a_i (the encoder's h x w map, projected to E). Before every word the
@@ -86,7 +56,7 @@ class AttentionDecoder(RecordsAttention, nn.Module):
     reorders and repeats them like any other state tensor.
     """
 
-    def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
+    def __init__(self, *, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
                  num_layers: int, cell: str, dropout: float, attention_size: int = 0, num_regions: int = 0) -> None:
         super().__init__()
         A = attention_size or embed_size
@@ -116,7 +86,7 @@ class AttentionDecoder(RecordsAttention, nn.Module):
         query = self.state_query(h[-1])  # (B, E) W_h h_{t-1}
         e = self.score(torch.tanh(keys + query)).squeeze(-1)  # (L, B) e_ti = w^T tanh(W_a a_i + W_h h_{t-1})
         alpha = torch.softmax(e, dim=0)  # (L, B) α_t = softmax_i(e_t)
-        self._record(alpha.t())  # (B, L)
+        record(self, alpha.t())  # (B, L)
         z = torch.sigmoid(self.context_gate(h[-1])) * (alpha.unsqueeze(-1) * regions).sum(dim=0)  # (B, E) z_t
         x = self.dropout(torch.cat([self.embedding(tokens), z], dim=-1))  # (B, 2E) [E y_{t-1}; z_t]
         hidden, (h, c) = self.rnn.step(x, (h, c))  # (B, H)
@@ -136,7 +106,7 @@ class AttentionDecoder(RecordsAttention, nn.Module):
         return F.log_softmax(logits, dim=-1), state
 
 
-class CurrentStateAttentionDecoder(RecordsAttention, nn.Module):
+class CurrentStateAttentionDecoder(nn.Module):
     """Spatial attention queried by the CURRENT state (Lu et al. 2017, "Knowing When to Look", sec. 2.2,
     without the sentinel): the LSTM reads [E y_{t-1}; v_g] (v_g a global image vector at every step),
     then looks at the regions with h_t, and the context joins h_t at the output:
@@ -151,7 +121,7 @@ class CurrentStateAttentionDecoder(RecordsAttention, nn.Module):
     query needs a Python loop over time.
     """
 
-    def __init__(self, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
+    def __init__(self, *, region_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
                  num_layers: int, cell: str, dropout: float, attention_size: int = 0, num_regions: int = 0) -> None:
         super().__init__()
         A = attention_size or embed_size  # the (B, T, L, A) tanh is most of this decoder's cost
@@ -176,7 +146,7 @@ class CurrentStateAttentionDecoder(RecordsAttention, nn.Module):
         query = self.state_query(hidden).unsqueeze(2)  # (B, T, 1, A) W_q h_t
         e = self.score(torch.tanh(keys.unsqueeze(1) + query)).squeeze(-1)  # (B, T, L) e_t
         alpha = torch.softmax(e, dim=-1)  # (B, T, L) α_t
-        self._record(alpha.flatten(0, 1))  # (B*T, L)
+        record(self, alpha.flatten(0, 1))  # (B*T, L)
         return alpha @ regions  # (B, T, H) c_t = Σ_i α_ti V_i
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:

@@ -42,7 +42,7 @@ class Decoder(nn.Module):
     h_0, c_0 = tanh(W f) as Xu et al. 2015 initialise theirs): with a frozen feature as the only view
     of the image, the initial state binds the words to the image in far fewer steps."""
 
-    def __init__(self, feature_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
+    def __init__(self, *, feature_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
                  num_layers: int, cell: str, dropout: float, image_as: str = "first_input") -> None:
         super().__init__()
         if image_as not in IMAGE_INPUTS:

@@ -2,8 +2,9 @@
 
 The chapter explains the LSTM through its gates ("think of i, f, o as boolean variables") and its
 cells ("best thought as counters"). `trace_caption` replays a finished caption through the decoder one
-word at a time, inside `StackedLSTM.recording()`, and keeps for every step and layer what the cell
-computed (Hochreiter & Schmidhuber 1997, with a forget gate):
+word at a time while its StackedLSTM records (captioner/replay.py, the replay the attention maps use
+too), and keeps for every step and layer what the cell computed (Hochreiter & Schmidhuber 1997, with a
+forget gate):
 
     i_t = σ(W_xi x_t + W_hi h_{t-1} + b_i)     input gate: let g_t into the cell?
     f_t = σ(W_xf x_t + W_hf h_{t-1} + b_f)     forget gate: keep c_{t-1}?
@@ -11,10 +12,8 @@ computed (Hochreiter & Schmidhuber 1997, with a forget gate):
     c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t            the cell: a counter, kept, added to or reset
     p_t = softmax(W_out h_t)[w_t]              the probability of the word that was chosen
 
-Replaying the chosen words gives exactly the activations that produced them (the decoder is
-deterministic in eval mode), whichever search chose them: greedy, beam or sampling. The replay calls
-the decoder's own `start` and `step` (Show and Tell, or Show, Attend and Tell) while its StackedLSTM
-records on the calling thread, so no decoder math is repeated here.
+Replaying the chosen words gives exactly the activations that produced them, whichever search chose
+them, and any decoder around a StackedLSTM works (Show and Tell, or Show, Attend and Tell).
 Each step is labelled with the word it chose, ending with <end> when the caption finished.
 
 Three matplotlib figures follow, built with `matplotlib.figure.Figure` (no pyplot global state, so
@@ -30,7 +29,7 @@ import torch
 from matplotlib.figure import Figure
 
 from captioner.model import Captioner
-from captioner.modes import evaluating
+from captioner.replay import replay_caption
 
 GATE_NAMES = {"i": "input gate i", "f": "forget gate f", "o": "output gate o",
               "r": "reset gate r", "z": "update gate z"}  # shown when the cell has them, in this order
@@ -54,25 +53,14 @@ class Trace:
     layers: list[dict[str, np.ndarray]]  # per layer: activation name -> (T, H) values
 
 
-@torch.no_grad()
 def trace_caption(model: Captioner, pixels: torch.Tensor, token_ids: list[int], finished: bool = True) -> Trace:
-    """Replay `token_ids` (without <start>/<end>) for one preprocessed image (1, 3, S, S) uint8,
-    through the decoder's own `start` and `step`, so any decoder around a StackedLSTM works. The
-    StackedLSTM records on this thread only (`recording()`): other requests share the model meanwhile."""
-    vocab = model.vocab
-    targets = list(token_ids) + ([vocab.end_id] if finished else [])
-    inputs = [vocab.start_id] + list(token_ids)  # word t is read to choose word t+1
-    probabilities = []
-    with evaluating(model), model.decoder.rnn.recording() as steps:
-        state = model.decoder.start(model.encoder(pixels))
-        steps.clear()  # Show and Tell reads the image as step -1: not a word
-        for input_id, target_id in zip(inputs, targets):
-            log_probs, state = model.next_word(torch.tensor([input_id], device=pixels.device), state)  # (1, V)
-            probabilities.append(float(log_probs[0, target_id].exp()))  # p_t = softmax(W_out h_t)[w_t]
+    """Replay `token_ids` (without <start>/<end>) for one preprocessed image (1, 3, S, S) uint8 and keep,
+    per layer, each activation of the decoder's StackedLSTM at every word."""
+    replay = replay_caption(model, pixels, token_ids, model.decoder.rnn, finished)
+    steps = replay.steps
     layers = [{name: torch.cat([step[layer][name] for step in steps]).cpu().numpy()  # (T, H)
                for name in steps[0][layer]} for layer in range(len(steps[0]))] if steps else []
-    words = [vocab.words[token] for token in targets]  # the specials keep their names: "<end>"
-    return Trace(model.config.cell, words, np.asarray(probabilities), layers)
+    return Trace(model.config.cell, replay.words, replay.probabilities, layers)
 
 
 def has_cell_state(trace: Trace) -> bool:

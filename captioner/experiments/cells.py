@@ -4,7 +4,7 @@ epoch, and plot the validation curves.
 
 The chapter's claims under test: the LSTM variants are "all about the same" (Greff et al. 2015, "LSTM: A
 Search Space Odyssey"), and vanilla RNNs "don't work very well". Every run is an ordinary training run
-(engine.Trainer, the same code as train.py) that differs only in `model.cell` and `train.seed`; each one
+(training.trainer.Trainer, the same code as train.py) that differs only in `model.cell` and `train.seed`; each one
 lives in <output>/runs/<cell>-seed<N>/ and is reused when its metrics.json exists for the same config, so
 an interrupted comparison resumes where it stopped.
 """
@@ -23,7 +23,7 @@ import yaml
 from captioner.config import Config, load_config, to_dict
 from captioner.files import write_atomically
 from captioner.rnn.cells import CELLS
-from captioner.training.setup import NonFiniteLoss
+from captioner.training.stops import NonFiniteLoss
 
 CELL_TYPES = tuple(CELLS)  # rnn, lstm, peephole, coupled, gru
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "content_accuracy", "shape", "colour")  # content.py's percentages

@@ -78,6 +78,15 @@ def bleu_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Toke
     return scores
 
 
+def reference_bleu(references: Sequence[Sequence[Tokens]]) -> dict[str, float]:
+    """Corpus BLEU-1..4 (x100) of each image's first reference against its other ones.
+
+    Measures how much the references vary: identical references would score 100."""
+    if not references:
+        raise ValueError("reference_bleu: no images")
+    return bleu_scores([tokens[0] for tokens in references], [tokens[1:] for tokens in references])
+
+
 def sentence_bleu4(hypothesis: Tokens, references: Sequence[Tokens]) -> float:
     """BLEU-4 of one caption in [0, 1], the reward of self-critical training (self_critical.py).
 

@@ -1,4 +1,4 @@
-"""The chapter's recurrent cells, written out by hand, and `StackedLSTM`, the decoder's recurrent core.
+"""The chapter's recurrent cells, written out by hand; `StackedLSTM` (stacked.py) stacks them.
 
 Cells (`cell=`), one equation per line below, each commented in the chapter's symbols:
   rnn       Elman / vanilla RNN:  h_t = tanh(W_x x_t + W_h h_{t-1} + b)                       (1H rows)
@@ -24,17 +24,17 @@ from torch import Tensor
 
 State = tuple[Tensor, Tensor]  # (h, c), each (D*num_layers, B, H); c is zeros for rnn and gru
 Weights = dict[str, Tensor]  # one layer and direction: "weight_hh", "bias_hh", peephole "weight_c*"
-Record = Optional[dict[str, Tensor]]  # gate activations of one step, or None when not recording
-CellOutput = tuple[Tensor, Tensor, Record]  # (h_t, c_t, record)
+Activations = dict[str, Tensor]  # one step's gates and states by name, for the "Inside the LSTM" view
+CellOutput = tuple[Tensor, Tensor, Activations]  # (h_t, c_t, activations)
 
 
-def rnn_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record: bool) -> CellOutput:
+def rnn_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights) -> CellOutput:
     """Vanilla RNN; `x_gates` = W_x x_t + b (both biases). c passes through unchanged (always zeros)."""
     h = torch.tanh(torch.addmm(x_gates, h, weights["weight_hh"].t()))  # h_t = tanh(W_x x_t + W_h h_{t-1} + b)
-    return h, c, ({"h": h} if record else None)
+    return h, c, {"h": h}
 
 
-def lstm_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record: bool) -> CellOutput:
+def lstm_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights) -> CellOutput:
     """LSTM step; `x_gates` = W_x x_t + b (both biases), (B, 4H) in gate order i, f, g, o."""
     gates = torch.addmm(x_gates, h, weights["weight_hh"].t())  # (B, 4H) W_x x_t + W_h h_{t-1} + b
     i, f, g, o = gates.chunk(4, dim=1)  # 4 x (B, H)
@@ -44,10 +44,10 @@ def lstm_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record: b
     o = torch.sigmoid(o)  # o_t = σ(W_xo x_t + W_ho h_{t-1} + b_o)
     c = f * c + i * g  # c_t = f ⊙ c_{t-1} + i ⊙ g
     h = o * torch.tanh(c)  # h_t = o ⊙ tanh(c_t)
-    return h, c, ({"i": i, "f": f, "g": g, "o": o, "c": c, "h": h} if record else None)
+    return h, c, {"i": i, "f": f, "g": g, "o": o, "c": c, "h": h}
 
 
-def peephole_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record: bool) -> CellOutput:
+def peephole_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights) -> CellOutput:
     """Peephole LSTM (Gers & Schmidhuber 2000); peephole weights w_c* are per-unit vectors (H,)."""
     gates = torch.addmm(x_gates, h, weights["weight_hh"].t())  # (B, 4H) W_x x_t + W_h h_{t-1} + b
     i, f, g, o = gates.chunk(4, dim=1)  # 4 x (B, H)
@@ -57,10 +57,10 @@ def peephole_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, recor
     c = f * c + i * g  # c_t = f ⊙ c_{t-1} + i ⊙ g
     o = torch.sigmoid(o + weights["weight_co"] * c)  # o_t = σ(W_xo x_t + W_ho h_{t-1} + w_co ⊙ c_t + b)
     h = o * torch.tanh(c)  # h_t = o ⊙ tanh(c_t)
-    return h, c, ({"i": i, "f": f, "g": g, "o": o, "c": c, "h": h} if record else None)
+    return h, c, {"i": i, "f": f, "g": g, "o": o, "c": c, "h": h}
 
 
-def coupled_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record: bool) -> CellOutput:
+def coupled_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights) -> CellOutput:
     """Coupled input-forget gate LSTM: what is forgotten is replaced, i = 1 − f. Gate order f, g, o."""
     gates = torch.addmm(x_gates, h, weights["weight_hh"].t())  # (B, 3H) W_x x_t + W_h h_{t-1} + b
     f, g, o = gates.chunk(3, dim=1)  # 3 x (B, H)
@@ -70,10 +70,10 @@ def coupled_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record
     o = torch.sigmoid(o)  # o_t = σ(W_xo x_t + W_ho h_{t-1} + b_o)
     c = f * c + i * g  # c_t = f ⊙ c_{t-1} + (1 − f) ⊙ g
     h = o * torch.tanh(c)  # h_t = o ⊙ tanh(c_t)
-    return h, c, ({"i": i, "f": f, "g": g, "o": o, "c": c, "h": h} if record else None)
+    return h, c, {"i": i, "f": f, "g": g, "o": o, "c": c, "h": h}
 
 
-def gru_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record: bool) -> CellOutput:
+def gru_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights) -> CellOutput:
     """GRU step as nn.GRU; `x_gates` = W_x x_t + b_i (input bias only), (B, 3H) in gate order r, z, n."""
     h_gates = torch.addmm(weights["bias_hh"], h, weights["weight_hh"].t())  # (B, 3H) W_h h_{t-1} + b_h
     x_r, x_z, x_n = x_gates.chunk(3, dim=1)  # 3 x (B, H)
@@ -82,10 +82,10 @@ def gru_cell(x_gates: Tensor, h: Tensor, c: Tensor, weights: Weights, record: bo
     z = torch.sigmoid(x_z + h_z)  # z_t = σ(W_xz x_t + b_xz + W_hz h_{t-1} + b_hz)
     n = torch.tanh(x_n + r * h_n)  # n_t = tanh(W_xn x_t + b_xn + r_t ⊙ (W_hn h_{t-1} + b_hn))
     h = (1 - z) * n + z * h  # h_t = (1 − z_t) ⊙ n_t + z_t ⊙ h_{t-1}
-    return h, c, ({"r": r, "z": z, "n": n, "h": h} if record else None)
+    return h, c, {"r": r, "z": z, "n": n, "h": h}
 
 
-CellFunction = Callable[[Tensor, Tensor, Tensor, Weights, bool], CellOutput]
+CellFunction = Callable[[Tensor, Tensor, Tensor, Weights], CellOutput]
 CELLS: dict[str, tuple[CellFunction, int]] = {  # name -> (step function, gate rows per hidden unit)
     "rnn": (rnn_cell, 1),
     "lstm": (lstm_cell, 4),

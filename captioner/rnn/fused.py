@@ -1,4 +1,4 @@
-"""The LSTM layer's fast path: the same equations as `lstm.lstm_cell`, with backpropagation through time
+"""The LSTM layer's fast path: the same equations as `cells.lstm_cell`, with backpropagation through time
 written out by hand in one custom autograd Function per layer.
 
 Why it is faster: autograd records about ten graph nodes per time step and, going back, accumulates the
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from captioner.rnn import gemm as fast_gemm
+from captioner.rnn import gemm
 
 FAST_DTYPES = (torch.float32, torch.float64)
 FAST_DEVICES = ("cpu", "cuda")
@@ -66,8 +66,8 @@ class LSTMLayerFunction(torch.autograd.Function):
         T, B, E = x.shape
         H = weight_hh.shape[1]
         inputs = x.reshape(T * B, E)  # (T*B, E), a copy only if x was not contiguous
-        input_gates = fast_gemm.linear(inputs, weight_ih, bias_ih + bias_hh).view(T, B, 4 * H)  # W_x x_t + b
-        recurrent = fast_gemm.StepWeight(weight_hh, B)  # W_h, prepared once for T products
+        input_gates = gemm.linear(inputs, weight_ih, bias_ih + bias_hh).view(T, B, 4 * H)  # W_x x_t + b
+        recurrent = gemm.StepWeight(weight_hh, B)  # W_h, prepared once for T products
         cells = x.new_zeros(T + 1, B, H) if c_0 is None else x.new_empty(T + 1, B, H)  # cells[t] = c_t
         if c_0 is not None:
             cells[0] = c_0
@@ -90,7 +90,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         gates, cells, tanh_cells = ctx.gates, ctx.cells, ctx.tanh_cells
         T, B, H = hidden.shape
         wants = ctx.needs_input_grad
-        recurrent = fast_gemm.StepWeight(weight_hh.t(), B)  # x ↦ x W_h: the transposed product going back
+        recurrent = gemm.StepWeight(weight_hh.t(), B)  # x ↦ x W_h: the transposed product going back
         d_gates = hidden.new_empty(T, B, 4 * H)  # δA_t, the gradient of the pre-activations
         d_h = d_h_n + d_hidden[-1]  # (B, H) δh_T
         d_c = d_c_n.clone()  # (B, H) δc_T from after the sequence, updated in place going back
@@ -100,8 +100,8 @@ class LSTMLayerFunction(torch.autograd.Function):
                 d_h = recurrent(d_gates[t], d_hidden[t - 1])  # δh_{t-1} = ∂L/∂h_{t-1} + δA_t W_h
         d_h_0 = recurrent(d_gates[0]) if wants[5] else None  # δh_0 = δA_1 W_h
         flat = d_gates.view(T * B, 4 * H)
-        d_x = fast_gemm.linear(flat, weight_ih.t()).view(T, B, -1) if wants[0] else None  # δx_t = δA_t W_x
-        d_weight_ih = fast_gemm.weight_gradient(flat, inputs) if wants[1] else None  # δW_x = Σ_t δA_tᵀ x_t
+        d_x = gemm.linear(flat, weight_ih.t()).view(T, B, -1) if wants[0] else None  # δx_t = δA_t W_x
+        d_weight_ih = gemm.weight_gradient(flat, inputs) if wants[1] else None  # δW_x = Σ_t δA_tᵀ x_t
         d_weight_hh = _recurrent_weight_gradient(d_gates, h_0, hidden) if wants[2] else None
         d_bias = torch.mv(flat.t(), flat.new_ones(T * B))  # (4H,) δb = Σ_t δA_t (a GEMV: 3x faster than sum)
         return d_x, d_weight_ih, d_weight_hh, d_bias, d_bias.clone(), d_h_0, (d_c if wants[6] else None)
@@ -125,7 +125,7 @@ def decoding_step(owner: nn.Module, layer: int, x: Tensor, h: Tensor, c: Tensor,
     entry = joined.get((layer, B))
     if entry is None or entry[0] != version:
         weight = torch.cat([weights["weight_ih"], weights["weight_hh"]], dim=1)  # (4H, E+H) [W_x | W_h]
-        entry = (version, fast_gemm.StepWeight(weight, B, bias=weights["bias_ih"] + weights["bias_hh"]))
+        entry = (version, gemm.StepWeight(weight, B, bias=weights["bias_ih"] + weights["bias_hh"]))
         joined[(layer, B)] = entry
     gate = entry[1](torch.cat([x, h], dim=1))  # (B, 4H) A_t = [W_x | W_h] [x_t; h_{t-1}] + b
     c_t, tanh_c, h_t = h.new_empty(B, H), h.new_empty(B, H), h.new_empty(B, H)
@@ -136,9 +136,9 @@ def _recurrent_weight_gradient(d_gates: Tensor, h_0: Optional[Tensor], hidden: T
     """δW_h = Σ_t δA_tᵀ h_{t-1} as one GEMM; with a zero initial state the t = 1 term vanishes."""
     T, B, H = hidden.shape
     if h_0 is None:  # h_0 = 0: pair δA_2 .. δA_T with h_1 .. h_{T-1}
-        return fast_gemm.weight_gradient(d_gates[1:].reshape(-1, 4 * H), hidden[:-1].reshape(-1, H))
+        return gemm.weight_gradient(d_gates[1:].reshape(-1, 4 * H), hidden[:-1].reshape(-1, H))
     previous = torch.cat([h_0.unsqueeze(0), hidden[:-1]]).view(T * B, H)  # (T*B, H) h_0 .. h_{T-1}
-    return fast_gemm.weight_gradient(d_gates.view(T * B, 4 * H), previous)
+    return gemm.weight_gradient(d_gates.view(T * B, 4 * H), previous)
 
 
 def _cell_step(gate: Tensor, c_prev: Tensor, c_out: Tensor, tanh_out: Tensor, h_out: Tensor) -> Tensor:

@@ -7,19 +7,15 @@ equations with backpropagation through time written out by hand; `fast=False` fo
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.rnn import fused as fast_lstm
+from captioner.rnn import fused
 from captioner.rnn.cells import CELLS, PEEPHOLES, State, Weights
-
-_RECORDINGS = threading.local()  # id(StackedLSTM) -> list of recorded steps, for this thread only
-
+from captioner.rnn.recorder import is_recording, record
 
 class StackedLSTM(nn.Module):
     """Stacked, optionally bidirectional recurrent layers with nn.LSTM's interface (batch_first=True).
@@ -134,25 +130,23 @@ class StackedLSTM(nn.Module):
                        zero_state: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """One layer in one direction over (T, B, E); the backward direction reads time in reverse."""
         weights = self._weights(layer, direction)
-        if self.fast and fast_lstm.fast_path_applies(layer_input, self.cell):  # zero state: None, skips W_h h_0
-            return fast_lstm.lstm_layer(layer_input, weights, None if zero_state else h,
+        if self.fast and fused.fast_path_applies(layer_input, self.cell):  # zero state: None, skips W_h h_0
+            return fused.lstm_layer(layer_input, weights, None if zero_state else h,
                                         None if zero_state else c, reverse=bool(direction))
         x_gates = self._input_gates(layer_input, weights)  # (T, B, G*H), one matmul for all T
         T = x_gates.shape[0]
         outputs: list[Tensor] = [h] * T
         for t in (range(T - 1, -1, -1) if direction else range(T)):
-            h, c, _ = self.cell_function(x_gates[t], h, c, weights, False)
+            h, c, _ = self.cell_function(x_gates[t], h, c, weights)
             outputs[t] = h
         return torch.stack(outputs), h, c  # (T, B, H)
 
-    def step(self, x_t: Tensor, state: Optional[State] = None, record: bool = False
-             ) -> tuple[Tensor, State] | tuple[Tensor, State, list[dict[str, Tensor]]]:
+    def step(self, x_t: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         """One time step through all layers, for greedy and beam decoding.
 
         x_t (B, input_size); state (h, c) each (num_layers, B, H), None = zeros. Returns (h_top (B, H), state).
-        With record=True also returns one dict per layer of the step's activations (keys: i f g o c h for the
-        LSTM family, r z n h for gru, h for rnn), for the "Inside the LSTM" view; these are the tensors the
-        cell computed, still in the graph, so call .detach() before keeping them.
+        Inside `recorder.recording(self)` each step also records, detached, one dict per layer of what the
+        cell computed (keys: i f g o c h for the LSTM family, r z n h for gru, h for rnn).
         """
         if self.bidirectional:
             raise ValueError("StackedLSTM.step: a bidirectional stack cannot be run one step at a time")
@@ -160,43 +154,23 @@ class StackedLSTM(nn.Module):
             raise ValueError(f"StackedLSTM.step: x_t must be (B, input_size={self.input_size}), "
                              f"got shape {tuple(x_t.shape)}")
         h_0, c_0 = self._check_state(state, x_t.shape[0], x_t, "step")
-        sink = getattr(_RECORDINGS, "sinks", {}).get(id(self))  # inside `recording()` on this thread
-        record_now = record or sink is not None
-        fast_decoding = (self.fast and not record_now and not torch.is_grad_enabled()
-                         and fast_lstm.fast_path_applies(x_t, self.cell))
-        layer_input, h_n, c_n, records = x_t, [], [], []
+        recording = is_recording(self)  # inside `recording(self)` on this thread
+        fast_decoding = (self.fast and not recording and not torch.is_grad_enabled()
+                         and fused.fast_path_applies(x_t, self.cell))
+        layer_input, h_n, c_n, layers = x_t, [], [], []
         for layer in range(self.num_layers):
             if layer > 0:
                 layer_input = F.dropout(layer_input, self.dropout, self.training)
             weights = self._weights(layer, 0)
-            if fast_decoding:  # no autograd, no record: fast_lstm's step, one GEMM on cached joined weights
-                h, c = fast_lstm.decoding_step(self, layer, layer_input, h_0[layer], c_0[layer], weights)
-                activations = None
+            if fast_decoding:  # no autograd, no recording: fused's step, one GEMM on cached joined weights
+                h, c = fused.decoding_step(self, layer, layer_input, h_0[layer], c_0[layer], weights)
             else:
                 x_gates = self._input_gates(layer_input, weights)  # (B, G*H)
-                h, c, activations = self.cell_function(x_gates, h_0[layer], c_0[layer], weights, record_now)
+                h, c, activations = self.cell_function(x_gates, h_0[layer], c_0[layer], weights)
+                layers.append({name: value.detach() for name, value in activations.items()} if recording else None)
             h_n.append(h)
             c_n.append(c)
-            records.append(activations)
             layer_input = h  # (B, H)
-        new_state = (torch.stack(h_n), torch.stack(c_n))  # (num_layers, B, H) each
-        if sink is not None:
-            sink.append([{name: value.detach() for name, value in layer.items()} for layer in records])
-        return (layer_input, new_state, records) if record else (layer_input, new_state)
-
-    @contextmanager
-    def recording(self) -> Iterator[list[list[dict[str, Tensor]]]]:
-        """Inside the block, every `step` this thread runs also records its activations (detached): the
-        yielded list gets, per step, one dict per layer (as `step(record=True)` returns). Thread-local,
-        so a model shared by a web server keeps serving other requests unrecorded meanwhile."""
-        sinks = getattr(_RECORDINGS, "sinks", None)
-        if sinks is None:
-            sinks = _RECORDINGS.sinks = {}
-        if id(self) in sinks:
-            raise RuntimeError("StackedLSTM.recording: already recording this module on this thread")
-        steps: list[list[dict[str, Tensor]]] = []
-        sinks[id(self)] = steps
-        try:
-            yield steps
-        finally:
-            del sinks[id(self)]
+        if recording:
+            record(self, layers)
+        return layer_input, (torch.stack(h_n), torch.stack(c_n))  # (num_layers, B, H) each

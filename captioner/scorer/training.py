@@ -42,7 +42,9 @@ from captioner.scorer.model import (
     scorer_payload,
 )
 from captioner.scorer.rerank import rerank_generations
-from captioner.training.setup import prepare_run_dir, resolve_device, seed_everything
+from captioner.devices import resolve_device
+from captioner.training.randomness import seed_everything
+from captioner.training.run_dir import prepare_run_dir
 from captioner.vocab import Vocabulary, tokenize
 
 DEFAULT_CONFIG = "configs/scorer.yaml"

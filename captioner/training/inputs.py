@@ -1,6 +1,7 @@
 """What a training run feeds the model for a list of images: the frozen encoder's cached features when
 the encoder is fully frozen (each image encoded once, to disk), else preprocessed pixels, kept in memory
-while they fit (BANK_BUDGET_BYTES per machine) and read from disk per batch when they do not.
+while they fit (BANK_BUDGET_BYTES per machine) and read from disk per batch when they do not; and
+`check_splits`, the splits a run needs images in.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 from captioner.config import Config
 from captioner.data.batches import build_image_bank
 from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
-from captioner.data.records import ImageRecord
+from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.encoders.backbones import Encoder
-from captioner.training import distributed
+from captioner import distributed
 
 BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size per machine, else stream
 
@@ -57,3 +58,14 @@ class RunInputs:
     def for_evaluation(self, inputs: Inputs) -> dict[str, Any]:
         """`inputs` (from `of()`) as the keyword `evaluate` expects: cached features or pixels."""
         return {"features": inputs} if self.cached else {"pixels": inputs}
+
+
+def check_splits(splits: dict[str, list], root: str) -> None:
+    """Training needs train images, and val images to choose best.pt on: choosing it on the test split
+    would report a score the selection has already seen."""
+    for split, role in (("train", "to train on"), ("val", "to choose best.pt on (never the test split)")):
+        if not splits[split]:
+            raise DatasetFormatError(f"data.root={root}: the {split} split is empty; it needs images {role}. "
+                                     "Give some images that split, or leave out a folder CSV's split column "
+                                     "for a seeded random split")
+

@@ -9,7 +9,7 @@ references, and follows the REINFORCE gradient with a baseline b^k that needs no
     b^k = 1/(K-1) Σ_{j≠k} r(w^j)                           how good the other samples of this image were
     L   = -Σ_k (r(w^k) - b^k) · Σ_t log p(w^k_t | w^k_<t, I)   / number of sampled words
 
-A caption better than its siblings is made more likely, a worse one less. The engine runs this after
+A caption better than its siblings is made more likely, a worse one less. The trainer runs this after
 the cross-entropy epochs (train.self_critical_epochs), from the best cross-entropy checkpoint.
 """
 from __future__ import annotations

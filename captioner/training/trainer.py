@@ -14,43 +14,26 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from captioner import distributed
 from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint, save_checkpoint
 from captioner.config import Config, decoding_options, save_yaml, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.batches import CaptionedImages, epoch_batches, make_loader
 from captioner.data.paths import shown_path
 from captioner.data.records import ImageRecord
+from captioner.devices import resolve_device
 from captioner.evaluation import evaluate
 from captioner.files import write_atomically
 from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
-from captioner.training import distributed
-from captioner.training.inputs import RunInputs
+from captioner.training.inputs import RunInputs, check_splits
+from captioner.training.optimizer import autocast, build_optimizer, build_scheduler
+from captioner.training.progress import (CHECKPOINT_METRICS, Progress, best_score_on_disk, check_checkpoint_metric,
+                                         check_same_model, resume_target)
+from captioner.training.randomness import restore_rng, rng_state, seed_everything
+from captioner.training.run_dir import check_run_dir_is_free, claim_run_dir, prepare_run_dir, write_history
 from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
-from captioner.training.setup import (
-    CHECKPOINT_METRICS,
-    EXIT_INTERRUPTED,
-    NonFiniteLoss,
-    StopOnSignal,
-    TrainingInterrupted,
-    autocast,
-    best_score_on_disk,
-    build_optimizer,
-    build_scheduler,
-    check_checkpoint_metric,
-    check_run_dir_is_free,
-    check_same_model,
-    check_splits,
-    claim_run_dir,
-    prepare_run_dir,
-    recorded_best_score,
-    resolve_device,
-    restore_rng,
-    resume_target,
-    rng_state,
-    seed_everything,
-    write_history,
-)
+from captioner.training.stops import EXIT_INTERRUPTED, NonFiniteLoss, StopOnSignal, TrainingInterrupted
 from captioner.training.tensorboard import open_log, require_tensorboard
 from captioner.vocab import Vocabulary
 
@@ -63,24 +46,38 @@ class Trainer:
         """force: start over in a run_dir that holds another run (train.py --force), removing its checkpoints.
         splits: the records per split to use instead of reading config.data (cross-validation's folds)."""
         self.config, self.log = config, log
-        check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
-        check_checkpoint_metric(config.train.checkpoint_metric)
-        require_tensorboard(config.train.tensorboard)  # likewise: a missing package fails before any work
         self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
         resume = resume_target(resume) if resume else None
-        resumed = read_checkpoint(resume) if resume else None  # a bad target fails before anything is written
+        resumed = self.refuse_before_work(resume, force)
+        self.build(splits, resumed, resume)
+        self.claim(resumed, resume, force)
+
+    def refuse_before_work(self, resume: Path | None, force: bool) -> dict[str, Any] | None:
+        """Every check that needs no data, in seconds: a bad setting, resume target or run_dir fails
+        before the data is read or anything is written. Returns the checkpoint to resume, if any."""
+        config = self.config
+        check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
+        check_checkpoint_metric(config.train.checkpoint_metric)
+        require_tensorboard(config.train.tensorboard)  # a missing package fails before any work
+        resumed = read_checkpoint(resume) if resume else None
         if resumed:
             check_same_model(resumed["config"], config, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
-        check_run_dir_is_free(self.run_dir, resume, force)  # in seconds, before the data is read
-        seed_everything(config.train.seed)
+        check_run_dir_is_free(self.run_dir, resume, force)
         self.device = resolve_device(config.train.device, config.train.threads)
-        autocast(config.train.precision, self.device)  # a bad train.precision fails before any work
+        autocast(config.train.precision, self.device)  # a bad train.precision fails here
+        return resumed
+
+    def build(self, splits: Splits | None, resumed: dict[str, Any] | None, resume: Path | None) -> None:
+        """Seed, join the process group, read the data, build the model, optimizer and schedule, and
+        restore them from the checkpoint when resuming."""
+        config = self.config
+        seed_everything(config.train.seed)
         self.cluster, self.device = distributed.setup(self.device)  # under torchrun: join the group, one GPU per rank
         if not self.cluster.is_main:
-            self.log = log = _quiet  # only rank 0 logs
+            self.log = _quiet  # only rank 0 logs
         with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
-            self.splits = splits if splits is not None else load_dataset(config.data, log=log)
+            self.splits = splits if splits is not None else load_dataset(config.data, log=self.log)
         check_splits(self.splits, config.data.root)
         self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
             (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
@@ -92,16 +89,19 @@ class Trainer:
         if config.train.scale_lr:
             distributed.scale_learning_rates(self.optimizer, self.cluster.world_size)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch())
-        self.progress: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "best_score": -1.0,
-                                         "checkpoint_metric": config.train.checkpoint_metric}
+        self.progress = Progress(checkpoint_metric=config.train.checkpoint_metric)
         self.history: list[dict[str, Any]] = []
         self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
         if resumed:
             self.restore(resumed, resume)
+
+    def claim(self, resumed: dict[str, Any] | None, resume: Path | None, force: bool) -> None:
+        """Lock run_dir and make its files this run's (rank 0), then say what runs where."""
+        config = self.config
         self.lock = claim_run_dir(self.run_dir, resume, force, self.history) if self.cluster.is_main else None
         if resumed and resume.resolve().parent == self.run_dir.resolve():  # every rank: they decide alike
-            self.progress["best_score"] = best_score_on_disk(self.run_dir, self.progress["best_score"],
-                                                             config.train.checkpoint_metric)
+            self.progress.best_score = best_score_on_disk(self.run_dir, self.progress.best_score,
+                                                          config.train.checkpoint_metric)
         if self.cluster.is_main:
             save_yaml(config, self.run_dir / "config.yaml")
         self.board = open_log(config.train.tensorboard and self.cluster.is_main, self.run_dir)
@@ -128,7 +128,7 @@ class Trainer:
         dataset = self.training_data()
         self.val_inputs = self.inputs.of(self.validation_records())
         with StopOnSignal() as stop:
-            while self.progress["epoch"] < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
+            while self.progress.epoch < train.epochs + train.self_critical_epochs and not self.reached_max_steps():
                 self.train_epoch(dataset, stop)
                 self.end_epoch()
                 if distributed.any_rank(stop.requested, self.cluster):  # signalled during validation: last.pt saved
@@ -142,9 +142,9 @@ class Trainer:
                                self.config.train.captions_per_image, self.config.train.seed, bank)
 
     def train_epoch(self, dataset: CaptionedImages, stop: StopOnSignal) -> None:
-        train, epoch = self.config.train, self.progress["epoch"]
+        train, epoch = self.config.train, self.progress.epoch
         dataset.epoch = epoch
-        batches = epoch_batches(len(dataset), train.batch_size, train.seed, epoch)[self.progress["batch"] :]
+        batches = epoch_batches(len(dataset), train.batch_size, train.seed, epoch)[self.progress.batch :]
         batches = distributed.shard_batches(batches, self.cluster)  # this rank's batch of each step
         loader = make_loader(dataset, batches, self.vocab.pad_id, train.num_workers, self.device.type == "cuda")
         self.model.train()
@@ -155,16 +155,16 @@ class Trainer:
         started, captions_seen = time.perf_counter(), 0
         for indices, (inputs, captions) in zip(batches, bar):
             loss = self.train_step(inputs, captions, indices)
-            self.progress["batch"] += self.cluster.world_size  # global batches done: a resume skips them, whatever W
+            self.progress.batch += self.cluster.world_size  # global batches done: a resume skips them, whatever W
             captions_seen += captions.size(0) * self.cluster.world_size
-            if self.progress["step"] % train.log_every == 0 or self.progress["batch"] == 1:
+            if self.progress.step % train.log_every == 0 or self.progress.batch == 1:
                 rate = captions_seen / (time.perf_counter() - started)
-                reward = {"reward": f"{self.progress['last_reward']:.3f}"} if epoch >= train.epochs else {}
+                reward = {"reward": f"{self.progress.last_reward:.3f}"} if epoch >= train.epochs else {}
                 bar.set_postfix(loss=f"{loss:.3f}", **reward, captions_per_s=f"{rate:.0f}",
                                 lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
                 if self.board:
-                    self.board.step(self.progress["step"], loss, self.optimizer.param_groups[0]["lr"],
-                                    self.progress["last_reward"] if reward else None)
+                    self.board.step(self.progress.step, loss, self.optimizer.param_groups[0]["lr"],
+                                    self.progress.last_reward if reward else None)
             if distributed.any_rank(stop.requested, self.cluster):
                 self.save("last.pt")
                 raise TrainingInterrupted(self.run_dir / "last.pt")
@@ -177,11 +177,11 @@ class Trainer:
         rate, with the network as generation sees it (eval mode: see SelfCriticalLoss)."""
         train = self.config.train
         distributed.barrier(self.cluster)  # rank 0 has finished writing best.pt
-        at_switch = self.progress["epoch"] == train.epochs and self.progress["batch"] == 0  # not mid-epoch (resume)
+        at_switch = self.progress.epoch == train.epochs and self.progress.batch == 0  # not mid-epoch (resume)
         if at_switch and (self.run_dir / "best.pt").exists():
             self.model.load_state_dict(read_checkpoint(self.run_dir / "best.pt", map_location=self.device)["model"])
             metric = train.checkpoint_metric
-            self.log(f"self-critical training from best.pt (val {CHECKPOINT_METRICS[metric]} {self.progress['best_score']:.2f})")
+            self.log(f"self-critical training from best.pt (val {CHECKPOINT_METRICS[metric]} {self.progress.best_score:.2f})")
         for group in self.optimizer.param_groups:  # an encoder group keeps its ratio to the decoder's rate
             group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
         self.model.eval()
@@ -191,11 +191,11 @@ class Trainer:
 
     def self_critical_loss(self, features: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """SelfCriticalLoss of one batch; its samples depend only on (seed, step), so a resume replays them."""
-        seed = self.config.train.seed * 1_000_003 + self.progress["step"]
+        seed = self.config.train.seed * 1_000_003 + self.progress.step
         loss, reward = self.self_critical(self.model, self.training_model, features, indices, seed)
-        self.progress["last_reward"] = reward
-        self.progress["reward_sum"] = self.progress.get("reward_sum", 0.0) + reward  # in progress: resume keeps it
-        self.progress["reward_steps"] = self.progress.get("reward_steps", 0) + 1
+        self.progress.last_reward = reward
+        self.progress.reward_sum += reward  # in progress: a resume keeps it
+        self.progress.reward_steps += 1
         return loss
 
     def train_step(self, inputs: torch.Tensor, captions: torch.Tensor, indices: list[int] | None = None) -> float:
@@ -204,8 +204,8 @@ class Trainer:
         inputs, captions = inputs.to(self.device, non_blocking=True), captions.to(self.device, non_blocking=True)
         cached = self.inputs.cached
         train = self.config.train
-        critical = self.progress["epoch"] >= train.epochs
-        with autocast(train.precision, self.device):  # bf16: see run_setup.autocast
+        critical = self.progress.epoch >= train.epochs
+        with autocast(train.precision, self.device):  # bf16: see optimizer.autocast
             if critical:
                 loss = self.self_critical_loss(inputs if cached else self.model.encoder(inputs), indices)
             else:
@@ -214,21 +214,21 @@ class Trainer:
                                               label_smoothing=train.label_smoothing,
                                               scheduled_sampling=train.scheduled_sampling)
         if distributed.any_rank(not torch.isfinite(loss), self.cluster):  # all ranks stop, none waits in backward
-            raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"))
+            raise NonFiniteLoss(self.progress.step + 1, self.progress.last_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(gradients)
         if not torch.isfinite(norm):  # a finite loss can still overflow in backward; never step with it
-            raise NonFiniteLoss(self.progress["step"] + 1, self.progress.get("last_loss"), what="gradient norm")
+            raise NonFiniteLoss(self.progress.step + 1, self.progress.last_loss, what="gradient norm")
         if train.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), train.grad_clip, norm)
         self.optimizer.step()
         if not critical:  # the self-critical learning rate is constant
             self.scheduler.step()
-        self.progress["step"] += 1
-        self.progress["last_loss"] = loss.item()
-        return self.progress["last_loss"]
+        self.progress.step += 1
+        self.progress.last_loss = loss.item()
+        return self.progress.last_loss
 
     def end_epoch(self) -> None:
         """Validate with free-running generation, then save last.pt and, if improved, best.pt."""
@@ -237,22 +237,23 @@ class Trainer:
         metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
                                      ev.batch_size, cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
                                      **self.inputs.for_evaluation(self.val_inputs))
-        self.progress["epoch"] += 1
-        self.progress["batch"] = 0
-        entry = {"epoch": self.progress["epoch"], "step": self.progress["step"], "train_loss": self.progress["last_loss"],
+        self.progress.epoch += 1
+        self.progress.batch = 0
+        entry = {"epoch": self.progress.epoch, "step": self.progress.step, "train_loss": self.progress.last_loss,
                  "epoch_seconds": round(getattr(self, "epoch_seconds", 0.0), 1), **metrics}
-        if "reward_sum" in self.progress:  # self-critical: mean reward of the epoch's sampled captions
-            entry["train_reward"] = round(self.progress.pop("reward_sum") / self.progress.pop("reward_steps"), 4)
+        if self.progress.reward_steps:  # self-critical: mean reward of the epoch's sampled captions
+            entry["train_reward"] = round(self.progress.reward_sum / self.progress.reward_steps, 4)
+            self.progress.reward_sum, self.progress.reward_steps = 0.0, 0
         self.history.append(entry)
         self.log(epoch_line(entry, self.config.train.epochs + self.config.train.self_critical_epochs, captions[0]))
         if self.board:
-            self.board.epoch(self.progress["step"], metrics, captions,
+            self.board.epoch(self.progress.step, metrics, captions,
                              [record.captions[0] for record in self.validation_records()[: len(captions)]])
         if self.cluster.is_main:
             write_history(self.run_dir, self.history)
         score = metrics[self.config.train.checkpoint_metric]
-        if score > self.progress["best_score"]:
-            self.progress["best_score"] = score
+        if score > self.progress.best_score:
+            self.progress.best_score = score
             self.save("best.pt", metrics=metrics)  # before last.pt: a kill in between redoes this epoch on resume
         self.save("last.pt")
 
@@ -262,17 +263,17 @@ class Trainer:
         return records[:limit] if limit else records
 
     def reached_max_steps(self) -> bool:
-        return 0 < self.config.train.max_steps <= self.progress["step"]
+        return 0 < self.config.train.max_steps <= self.progress.step
 
     def save(self, name: str, metrics: dict | None = None) -> None:
         """Write run_dir/name atomically; weights that are not finite are refused, the old file kept."""
         for parameter_name, parameter in self.model.named_parameters():
             if not torch.isfinite(parameter).all():
-                raise NonFiniteLoss(self.progress["step"], self.progress.get("last_loss"),
+                raise NonFiniteLoss(self.progress.step, self.progress.last_loss,
                                     what=f"weight {parameter_name} (so {name} was not written)")
         payload = {"config": to_dict(self.config), "vocab": self.vocab.to_dict(), "model": self.model.state_dict(),
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                   "progress": dict(self.progress), "history": self.history, "rng": rng_state(),
+                   "progress": self.progress.to_dict(), "history": self.history, "rng": rng_state(),
                    "metrics": metrics or {}}
         if self.cluster.enabled:  # every rank's RNG, so that each resumed rank continues its own dropout masks
             payload["rank_rng"] = distributed.gather_objects(rng_state(), self.cluster)
@@ -292,12 +293,11 @@ class Trainer:
         if self.config.train.scale_lr:  # the saved rates were scaled for the saving run's number of processes
             distributed.rebase_learning_rates(self.scheduler, base_rates)
         metric = self.config.train.checkpoint_metric
-        self.progress = {key: value for key, value in payload["progress"].items() if key != "best_bleu4"}  # its old name
-        self.progress.update(checkpoint_metric=metric, best_score=recorded_best_score(payload["progress"], metric))
+        self.progress = Progress.from_dict(payload["progress"], metric)
         self.history = list(payload.get("history", []))
         rank_states = payload.get("rank_rng") or []
         restore_rng(rank_states[self.cluster.rank] if len(rank_states) == self.cluster.world_size else payload["rng"])
-        self.log(f"resumed from {path} at epoch {self.progress['epoch']}, batch {self.progress['batch']}")
+        self.log(f"resumed from {path} at epoch {self.progress.epoch}, batch {self.progress.batch}")
 
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint on the test split; write metrics.json."""

@@ -1,4 +1,4 @@
-"""Data-parallel training across processes with PyTorch's own engine: torch.distributed + DistributedDataParallel.
+"""Data-parallel training across processes with PyTorch's own torch.distributed and DistributedDataParallel.
 
     torchrun --nproc_per_node=4 train.py --config configs/shapes.yaml                       # 4 GPUs, one machine
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 train.py ...
