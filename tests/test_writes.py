@@ -55,7 +55,7 @@ def after_epoch(monkeypatch, epoch: int, action) -> None:
 
     def end_epoch(self):
         original(self)
-        if self.progress["epoch"] == epoch:
+        if self.progress.epoch == epoch:
             action(self)
 
     monkeypatch.setattr(engine.Trainer, "end_epoch", end_epoch)
@@ -207,7 +207,7 @@ real_save, real_step = torch.save, engine.Trainer.train_step
 def slow_save(payload, handle):
     return real_save(payload, SlowHandle(handle))
 def slow_step(self, *batch):
-    print(f"starting step {self.progress['step'] + 1}", flush=True)
+    print(f"starting step {self.progress.step + 1}", flush=True)
     time.sleep(0.5)
     return real_step(self, *batch)
 checkpoint.torch.save, engine.Trainer.train_step = slow_save, slow_step
