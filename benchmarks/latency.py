@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from captioner.config import load_config  # noqa: E402
-from captioner.demo.service import DecodingOptions, caption_images  # noqa: E402
+from captioner.demo.service import caption_images, requested_decoding  # noqa: E402
 from captioner.images import load_image  # noqa: E402
 from captioner.model import Captioner, load_checkpoint  # noqa: E402
 from captioner.vocab import Vocabulary  # noqa: E402
@@ -60,12 +60,12 @@ def percentile(values: list[float], share: float) -> float:
 def time_requests(model: Captioner, images: list[bytes], beam_size: int, runs: int, warmup: int,
                   max_length: int) -> dict[str, float]:
     """Milliseconds per request over `runs` requests, after `warmup` untimed ones."""
-    options = DecodingOptions("beam search", beam_size=beam_size, max_length=max_length)
+    decoding = requested_decoding(model, "beam search", beam_size=beam_size, max_length=max_length)
     times, cpu_times, words = [], [], []
     for index in range(warmup + runs):
         encoded = images[index % len(images)]
         start, cpu_start = time.perf_counter(), time.process_time()
-        generation = caption_images(model, [load_image(encoded, name="benchmark")], options)[0]
+        generation = caption_images(model, [load_image(encoded, name="benchmark")], decoding)[0]
         if index >= warmup:
             times.append((time.perf_counter() - start) * 1000.0)
             cpu_times.append((time.process_time() - cpu_start) * 1000.0)  # all threads together

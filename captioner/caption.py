@@ -20,16 +20,16 @@ import glob
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from captioner.checkpoint import CheckpointError  # noqa: E402
-from captioner.decoding import Generation  # noqa: E402
+from captioner.decoding import Decoding, Generation  # noqa: E402
 from captioner.images import ImageError, load_image  # noqa: E402
 from captioner.model import Captioner, load_checkpoint  # noqa: E402
 from captioner.modes import evaluating  # noqa: E402
@@ -79,7 +79,7 @@ def batches(files: list[str], size: int) -> Iterator[list[str]]:
 BatchHook = Callable[[list[str], torch.Tensor, list[Generation]], None]
 
 
-def caption_files(model: Captioner, files: list[str], generate_options: dict[str, Any], batch_size: int,
+def caption_files(model: Captioner, files: list[str], decoding: Decoding, batch_size: int,
                   report_error: Callable[[str], None], on_batch: BatchHook | None = None) -> Iterator[Captioned]:
     """Read, batch and caption `files`; each unreadable file goes to `report_error(line)` and is skipped.
     `on_batch(files, pixels, generations)` sees every batch (the attention maps use it)."""
@@ -95,7 +95,7 @@ def caption_files(model: Captioner, files: list[str], generate_options: dict[str
             continue
         with evaluating(model):
             pixels = model.pixels(images)  # (B, 3, S, S) uint8
-            generations = model.generate(pixels, **generate_options)
+            generations = model.generate(pixels, decoding)
         if on_batch is not None:
             on_batch(names, pixels, generations)
         for name, generation in zip(names, generations):
@@ -126,16 +126,15 @@ class Writer:
         self.stream.flush()
 
 
-def generate_options(args: argparse.Namespace, model: Captioner) -> dict[str, Any]:
-    """`Captioner.generate` keywords: the checkpoint's caption controls (no <unk>, repeats), as its
-    evaluation, the API and the demo use them, then what the command line sets."""
-    options = model.decoding_controls()
+def command_line_decoding(args: argparse.Namespace, model: Captioner) -> Decoding:
+    """The checkpoint's own decoding (no <unk>, repeats, beam), as its evaluation, the API and the demo
+    use it, with what the command line sets; with --temperature, --beam-size counts the samples."""
+    given = {name: getattr(args, name) for name in ("beam_size", "max_length", "no_repeat_ngram_size")
+             if getattr(args, name) is not None}
+    decoding = replace(model.decoding, **given)
     if args.temperature > 0:
-        return {**options, "temperature": args.temperature, "max_length": args.max_length, "seed": args.seed,
-                "num_samples": args.beam_size}
-    if args.no_repeat_ngram_size is not None:
-        options["no_repeat_ngram_size"] = args.no_repeat_ngram_size
-    return {**options, "beam_size": args.beam_size, "max_length": args.max_length}
+        decoding = replace(decoding, temperature=args.temperature, seed=args.seed, num_samples=decoding.beam_size)
+    return decoding
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -143,9 +142,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                                      epilog="Exit status: 0 all captioned, 1 some file failed, 2 refused.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint written by train.py (e.g. runs/shapes/best.pt)")
-    parser.add_argument("--beam-size", type=int, default=3,
-                        help="beam width, 1 = greedy (default: %(default)s); with --temperature, captions sampled per image")
-    parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words (default: %(default)s)")
+    parser.add_argument("--beam-size", type=int, default=None,
+                        help="beam width, 1 = greedy (default: the checkpoint's); with --temperature, captions "
+                        "sampled per image")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="longest caption, in words (default: the checkpoint's)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
                         help="beam search never repeats an n-gram (0 = off; default: the checkpoint's setting)")
     parser.add_argument("--temperature", type=float, default=0.0,
@@ -160,7 +161,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="also write, per image, a PNG of each word's attention over the image into DIR")
     args = parser.parse_args(argv)
     for name, least in (("beam_size", 1), ("max_length", 1), ("batch_size", 1)):
-        if getattr(args, name) < least:
+        if getattr(args, name) is not None and getattr(args, name) < least:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= {least}, got {getattr(args, name)}")
     if args.temperature < 0:
         parser.error(f"--temperature: expected a number >= 0, got {args.temperature}")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(line, file=sys.stderr)
 
     writer = Writer(sys.stdout, args.format)
-    for result in caption_files(model, files, generate_options(args, model), args.batch_size, report_error,
+    for result in caption_files(model, files, command_line_decoding(args, model), args.batch_size, report_error,
                                 maps.write if maps else None):
         writer.write(result)
         bar.update(1)

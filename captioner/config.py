@@ -2,8 +2,9 @@
 
     config = load_config("configs/shapes.yaml", ["train.epochs=3", "model.cell=gru"])
 
-Unknown keys, wrong types and numbers outside their range (`RANGES`) are refused with a `ConfigError`
-that names the dotted key path, when the config is loaded: before anything is written or allocated.
+Unknown keys, wrong types, a string outside its `Literal[...]` choices and numbers outside their range
+(`RANGES`) are refused with a `ConfigError` that names the dotted key path, when the config is loaded:
+before anything is written or allocated.
 YAML is read with `yaml.safe_load`, so `!!python/...` tags are refused too. The resolved config is
 saved inside every checkpoint (`to_dict`) and rebuilt from it (`from_dict`).
 """
@@ -14,15 +15,18 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 import yaml
 
+from captioner.decoding import Decoding
 from captioner.files import write_atomically
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 T = TypeVar("T")
+Cell = Literal["rnn", "lstm", "peephole", "coupled", "gru"]  # also the scorer's (captioner/scorer/training.py)
+ImageFit = Literal["crop", "stretch"]
 
 
 class ConfigError(ValueError):
@@ -46,7 +50,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "shapes"  # shapes | karpathy | flickr8k | coco | folder | auto (detect from the files)
+    format: Literal["shapes", "karpathy", "flickr8k", "coco", "folder", "auto"] = "shapes"  # auto: from the files
     root: str = "data/shapes"  # dataset directory; relative paths are relative to the working directory
     captions_file: str = ""  # captions/annotations file inside root; "" = the format's usual name
     images_dir: str = ""  # image directory inside root; "" = the format's usual name
@@ -59,7 +63,7 @@ class DataConfig:
     max_caption_length: int = 20  # training captions are cut to this many words
     feature_cache: bool = True  # with a fully frozen encoder, encode each image once to disk and train on that
     feature_cache_dir: str = ""  # where the cache lives; "" = <data.root>/.cache/features
-    feature_dtype: str = "float32"  # stored features: float32 (exact) | float16 (half the disk)
+    feature_dtype: Literal["float32", "float16"] = "float32"  # stored features: exact | half the disk
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -72,14 +76,14 @@ class ModelConfig:
     embed_size: int = 256  # word embedding and projected image feature size E (shapes.yaml: 128 for 64 px scenes)
     hidden_size: int = 512  # LSTM state size H (shapes.yaml: 256)
     num_layers: int = 1  # stacked recurrent layers
-    cell: str = "lstm"  # rnn | lstm | peephole | coupled | gru
+    cell: Cell = "lstm"  # the recurrence (captioner/rnn/cells.py)
     dropout: float = 0.3  # on embeddings, between layers and before the output layer (shapes.yaml: 0.1, 6000 scenes)
-    image_as: str = "first_input"  # first_input (Show and Tell) | initial_state (h_0, c_0 = tanh(W f))
+    image_as: Literal["first_input", "initial_state"] = "first_input"  # Show and Tell | h_0, c_0 = tanh(W f)
     attention: bool = False  # soft attention over the encoder's map (Show, Attend and Tell; shapes.yaml: true)
-    attention_query: str = "previous"  # previous: h_{t-1} looks, context into the LSTM (Xu et al. 2015) |
-    #   current: h_t looks, context into the output (Lu et al. 2017); no loop over time in training
+    attention_query: Literal["previous", "current"] = "previous"  # previous: h_{t-1} looks, context into the
+    #   LSTM (Xu et al. 2015) | current: h_t looks, context into the output (Lu et al. 2017), no loop over time
     attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size
-    image_fit: str = "crop"  # how a photo becomes the backbone's square input: crop (centre) | stretch (whole)
+    image_fit: ImageFit = "crop"  # how a photo becomes the backbone's square input: centre crop | stretch whole
     image_size: int = 0  # side of the backbone's input in pixels; 0 = the size it was trained at
     region_positions: bool = True  # add a learned embedding of each region's grid cell (attention.py)
 
@@ -90,27 +94,27 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     batch_size: int = 32  # images per step
     captions_per_image: int = 5  # captions trained per image in a step (the image is encoded once)
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: Literal["adam", "adamw"] = "adam"
     learning_rate: float = 2e-3  # peak learning rate of the decoder and a trainable encoder (shapes.yaml: 3e-3)
     encoder_learning_rate: float = 1e-4  # learning rate of fine-tuned pretrained blocks
     weight_decay: float = 0.0  # decoupled for adamw, L2 for adam
-    lr_schedule: str = "cosine"  # cosine | constant
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 100  # linear warm-up before the schedule
     grad_clip: float = 5.0  # clip the global gradient norm to this (0 = off)
-    precision: str = "fp32"  # fp32 | bf16 (autocast: bfloat16 matmuls, fp32 weights, no loss scaling needed)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (bfloat16 matmuls, fp32 weights, no loss scaling)
     scale_lr: bool = False  # under torchrun, multiply the learning rates by the number of processes
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     scheduled_sampling: float = 0.0  # share of input words replaced by the model's own sampled guesses
     self_critical_epochs: int = 0  # then this many epochs of self-critical training with a CIDEr-D reward
     self_critical_learning_rate: float = 5e-5  # constant learning rate of those epochs (encoder's scaled alike)
     self_critical_samples: int = 5  # captions sampled per image; each one's baseline is the others' mean reward
-    self_critical_reward: str = "cider"  # cider (CIDEr-D) | bleu4 (smoothed sentence BLEU-4)
+    self_critical_reward: Literal["cider", "bleu4"] = "cider"  # CIDEr-D | smoothed sentence BLEU-4
     seed: int = 0  # seeds python, torch and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader worker processes for image decoding
     threads: int = 0  # torch CPU threads (0 = torch's default)
     val_max_images: int = 0  # validate on at most this many images (0 = all)
-    checkpoint_metric: str = "bleu4"  # the validation metric that chooses best.pt: bleu4 | cider (CIDEr-D)
+    checkpoint_metric: Literal["bleu4", "cider"] = "bleu4"  # the validation metric that chooses best.pt
     log_every: int = 50  # steps between progress-bar updates of the loss (and TensorBoard points)
     tensorboard: bool = False  # also log to <run_dir>/tensorboard (needs the `tensorboard` extra)
 
@@ -126,7 +130,15 @@ class EvalConfig:
     length_penalty: float = 0.0  # beam search ranks finished captions by log p / length**alpha (0 = raw log p)
     allow_unknown_word: bool = False  # let captions hold <unk> (the raw model); <pad> and <start> are never generated
     batch_size: int = 100  # images per generation batch
-    meteor: bool = True  # score METEOR too (starts Java once per run; left out, with a note, when Java is missing)
+    meteor: bool = True  # score METEOR too (starts Java once per run; left out, with a note, without Java)
+
+    def decoding(self) -> Decoding:
+        """The settings above as `Captioner.generate` takes them (beam_size, not val_beam_size)."""
+        return Decoding(beam_size=self.beam_size, max_length=self.max_length,
+                        no_repeat_ngram_size=self.no_repeat_ngram_size,
+                        no_repeat_content_words=self.no_repeat_content_words,
+                        content_word_repeat_penalty=self.content_word_repeat_penalty,
+                        length_penalty=self.length_penalty, allow_unknown_word=self.allow_unknown_word)
 
 
 @dataclass
@@ -152,20 +164,16 @@ RANGES: dict[str, str] = {
     "train.captions_per_image": "[1, inf)", "train.learning_rate": "(0, inf)",
     "train.encoder_learning_rate": "[0, inf)", "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)",
     "train.grad_clip": "[0, inf)", "train.label_smoothing": "[0, 1)", "train.scheduled_sampling": "[0, 1]",
-    "train.self_critical_samples": "[1, inf)",  # self_critical_epochs and _learning_rate: self_critical.py
+    "train.self_critical_epochs": "[0, inf)", "train.self_critical_learning_rate": "(0, inf)",
+    "train.self_critical_samples": "[2, inf)",  # each sample's baseline is the mean of the others
     "train.num_workers": "[0, inf)", "train.threads": "[0, inf)",
     "train.val_max_images": "[0, inf)", "train.log_every": "[1, inf)",
     "eval.beam_size": "[1, inf)", "eval.val_beam_size": "[1, inf)", "eval.max_length": "[1, inf)",
     "eval.no_repeat_ngram_size": "[0, inf)", "eval.batch_size": "[1, inf)",
+    "eval.content_word_repeat_penalty": "[0, inf]",  # inf: never twice, as no_repeat_content_words
+    "eval.length_penalty": "[0, 5]",
 }
 _INTERVAL = re.compile(r"([\[(])(-?[\d.]+|-inf), (-?[\d.]+|inf)([\])])")
-
-
-def decoding_options(config: EvalConfig) -> dict[str, Any]:
-    """The eval section's caption controls, as keyword arguments of `Captioner.generate` and `evaluate`."""
-    return {"no_repeat_ngram_size": config.no_repeat_ngram_size, "no_repeat_content_words": config.no_repeat_content_words,
-            "content_word_repeat_penalty": config.content_word_repeat_penalty,
-            "allow_unknown_word": config.allow_unknown_word, "length_penalty": config.length_penalty}
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -274,7 +282,12 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_type(value: Any, expected: type, path: str) -> Any:
+def _check_type(value: Any, expected: Any, path: str) -> Any:
+    if typing.get_origin(expected) is Literal:
+        choices = typing.get_args(expected)
+        if not isinstance(value, str) or value not in choices:
+            raise ConfigError(f"{path}={value!r}: expected one of {', '.join(choices)}")
+        return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):

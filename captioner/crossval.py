@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from captioner.checkpoint import check_compatible, read_checkpoint
-from captioner.config import Config, ConfigError, decoding_options, load_config, to_dict
+from captioner.config import Config, ConfigError, load_config, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
 from captioner.evaluation import evaluate
@@ -108,8 +108,7 @@ def _score_fold(trainer: Trainer, history: list[dict[str, Any]], splits: Splits,
     scores = {}
     for name, variant in variants.items():
         ev = variant.eval
-        metrics, _ = evaluate(trainer.model, held_out, "test", ev.beam_size, ev.max_length, ev.batch_size,
-                              meteor=ev.meteor, **decoding_options(ev), **inputs)
+        metrics, _ = evaluate(trainer.model, held_out, "test", ev.decoding(), ev.batch_size, meteor=ev.meteor, **inputs)
         scores[name] = {key: metrics[key] for key in REPORTED}
     metric = trainer.config.train.checkpoint_metric
     best = max(history, key=lambda entry: entry[metric]) if history else {}  # the epoch best.pt holds

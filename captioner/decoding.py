@@ -5,6 +5,10 @@ and no Python loop runs over images or beams. A beam that has emitted <end> is f
 its only continuation is <end> again at log-probability 0, so its score stops changing and it keeps
 its place among the K best. At the length limit the best finished beam wins; when none finished, the
 best unfinished beam is returned (the fallback). beam_size = 1 is greedy decoding.
+
+`Decoding` holds every setting of `Captioner.generate` in one frozen object: a run's eval section
+builds it (`EvalConfig.decoding()`), a model carries its own (`model.decoding`), and a caller changes
+one field with `dataclasses.replace(model.decoding, beam_size=5)`.
 """
 from __future__ import annotations
 
@@ -15,6 +19,23 @@ import torch
 
 State = tuple[torch.Tensor, torch.Tensor]
 StepFunction = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How `Captioner.generate` turns the decoder's word probabilities into captions.
+    The defaults of the first seven fields are `EvalConfig`'s, stored there once."""
+
+    beam_size: int  # beams kept (1 = greedy)
+    max_length: int  # longest caption, in words
+    no_repeat_ngram_size: int  # beam search never repeats an n-gram within a caption (0 = off)
+    no_repeat_content_words: bool  # beam search says a word outside vocab.FUNCTION_WORDS at most once
+    content_word_repeat_penalty: float  # else: log-probability a content word's second use costs
+    length_penalty: float  # rank finished beams by log p / length**alpha (0 = raw log p)
+    allow_unknown_word: bool  # captions may hold <unk> (the raw model); <pad> and <start> never
+    temperature: float = 0.0  # > 0: sample from softmax(logits / temperature) instead of beam search
+    num_samples: int = 1  # sampling: captions drawn per image, returned as its alternatives
+    seed: int | None = None  # sampling: the random seed (None = a fresh draw)
 
 
 @dataclass

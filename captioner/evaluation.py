@@ -13,17 +13,19 @@ import functools
 import json
 import os
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from captioner.checkpoint import CheckpointError
-from captioner.config import ConfigError, decoding_options
+from captioner.config import ConfigError
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.paths import shown_path
 from captioner.data.records import DatasetFormatError, ImageRecord
+from captioner.decoding import Decoding
 from captioner.devices import DeviceError
 from captioner.distributed import SINGLE, Cluster, gather_objects, run_sharded
 from captioner.files import write_atomically
@@ -34,29 +36,26 @@ from captioner.metrics.meteor import MeteorError, corpus_meteor, unavailable_rea
 from captioner.metrics.repetition import caption_quality
 from captioner.metrics.report import metric_table
 from captioner.metrics.rouge import corpus_rouge_l
-from captioner.model import DECODING, Captioner, load_checkpoint
+from captioner.model import Captioner, load_checkpoint
 from captioner.modes import evaluating
 from captioner.vocab import tokenize
 
+RECORDED_DECODING = ("beam_size", "no_repeat_ngram_size", "no_repeat_content_words", "content_word_repeat_penalty",
+                     "allow_unknown_word", "length_penalty")  # the decoding settings metrics.json names
+
 
 @torch.no_grad()
-def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_size: int, max_length: int,
+def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, decoding: Decoding | None = None,
              batch_size: int = 100, pixels: torch.Tensor | None = None, cluster: Cluster = SINGLE,
-             features: torch.Tensor | None = None, no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size,
-             no_repeat_content_words: bool = DECODING.no_repeat_content_words,
-             content_word_repeat_penalty: float = DECODING.content_word_repeat_penalty,
-             allow_unknown_word: bool = DECODING.allow_unknown_word,
-             length_penalty: float = DECODING.length_penalty, meteor: bool = True) -> tuple[dict[str, Any], list[str]]:
+             features: torch.Tensor | None = None, meteor: bool = True) -> tuple[dict[str, Any], list[str]]:
     """-> (metrics, generated captions). `pixels` (N, 3, S, S) uint8 skips reading the files;
-    `features` (N, ...) from the feature cache skips the encoder too. The decoding options are
-    `Captioner.generate`'s; the metrics also count the captions that show a special token or repeat a
+    `features` (N, ...) from the feature cache skips the encoder too. `decoding` is `Captioner.generate`'s
+    (default: the model's own); the metrics also count the captions that show a special token or repeat a
     content word (captioner/metrics/repetition.py). meteor=False skips METEOR (Java).
     Under torchrun (`cluster`), each rank captions its share of the batches and every rank gets all the
     captions in order (distributed.run_sharded): the same batches, so the same score, as one process."""
     device = next(model.parameters()).device
-    decoding = {"no_repeat_ngram_size": no_repeat_ngram_size, "no_repeat_content_words": no_repeat_content_words,
-                "content_word_repeat_penalty": content_word_repeat_penalty,
-                "allow_unknown_word": allow_unknown_word, "length_penalty": length_penalty}
+    decoding = model.decoding if decoding is None else decoding
 
     def caption_batch(start: int, stop: int) -> list[str]:
         if features is not None:
@@ -66,12 +65,13 @@ def evaluate(model: Captioner, records: Sequence[ImageRecord], split: str, beam_
         else:
             batch = [preprocess_file(record, model.encoder.preprocess) for record in records[start:stop]]
             inputs = {"images": torch.stack(batch).to(device)}
-        generations = model.generate(**inputs, beam_size=beam_size, max_length=max_length, **decoding)
+        generations = model.generate(**inputs, decoding=decoding)
         return [" ".join(generation.words[0]) for generation in generations]
 
     with evaluating(model):
         captions = run_sharded(caption_batch, len(records), batch_size, cluster)
-    metrics = {"split": split, "beam_size": beam_size, **decoding, "num_images": len(records),
+    recorded = {name: getattr(decoding, name) for name in RECORDED_DECODING}
+    metrics = {"split": split, **recorded, "num_images": len(records),
                **score_captions(captions, records, cluster, meteor)}
     return metrics, captions
 
@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                                      "(BLEU-1..4, METEOR, ROUGE-L, CIDEr-D).")
     parser.add_argument("--checkpoint", required=True, help="path to a .pt checkpoint written by train.py")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to caption")
-    parser.add_argument("--beam-size", type=int, default=3, help="beam width (1 = greedy)")
-    parser.add_argument("--max-length", type=int, default=20, help="longest caption, in words")
+    parser.add_argument("--beam-size", type=int, default=None,
+                        help="beam width, 1 = greedy (default: the checkpoint's)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="longest caption, in words (default: the checkpoint's)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
                         help="never repeat an n-gram in a caption (0 = off; default: the checkpoint's setting)")
     parser.add_argument("--no-repeat-content-words", action=argparse.BooleanOptionalAction, default=None,
@@ -148,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DatasetFormatError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    options = decoding_options(model.run_config.eval)  # a setting not given on the command line is the checkpoint's
-    options.update({name: getattr(args, name) for name in options if getattr(args, name) is not None})
-    metrics, captions = evaluate(model, records, args.split, args.beam_size, args.max_length,
-                                 meteor=not args.no_meteor, **options)
+    given = {field.name: getattr(args, field.name) for field in fields(Decoding)
+             if getattr(args, field.name, None) is not None}  # a setting not given is the checkpoint's
+    decoding = replace(model.decoding, **given)
+    metrics, captions = evaluate(model, records, args.split, decoding, meteor=not args.no_meteor)
     print(metric_table(metrics))
     if args.output:
         examples = [{"image": shown_path(r.path, data_config.root), "generated": c, "references": list(r.captions)}

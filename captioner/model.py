@@ -1,9 +1,9 @@
 """The captioner: CNN encoder -> decoder around the explicit StackedLSTM -> word logits; and the one
 place a captioner is rebuilt from a checkpoint (`load_checkpoint`).
 
-The model depends on `ModelConfig` only. Training options (label smoothing, scheduled sampling) are
-arguments of `forward`, given by the trainer; decoding options are arguments of `generate`, whose
-defaults are `EvalConfig`'s (stored once, in captioner/config.py).
+The model is built from `ModelConfig` only. Training options (label smoothing, scheduled sampling) are
+arguments of `forward`, given by the trainer; how `generate` decodes is one `Decoding`, by default the
+model's own (`model.decoding`: its run's eval section, or `EvalConfig`'s defaults for a new model).
 """
 from __future__ import annotations
 
@@ -17,16 +17,15 @@ from PIL import Image
 from torch import nn
 
 from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint
-from captioner.config import Config, ConfigError, EvalConfig, ModelConfig, decoding_options, from_dict
+from captioner.config import Config, ConfigError, EvalConfig, ModelConfig, from_dict
 from captioner.decoders.attention import ATTENTION_QUERIES
 from captioner.decoders.show_and_tell import Decoder
-from captioner.decoding import Generation, beam_search, sample
+from captioner.decoding import Decoding, Generation, beam_search, sample
 from captioner.devices import available_device
 from captioner.encoders.backbones import Encoder, EncoderError, build_encoder
 from captioner.modes import evaluating
 from captioner.vocab import FUNCTION_WORDS, SPECIAL_TOKENS, Vocabulary
 
-DECODING = EvalConfig()  # generate()'s defaults: beam width, length, repeat controls, <unk>
 RETIRED_WEIGHTS = ("decoder.score.bias",)  # the attention score's bias: the softmax cancels it, it never learned
 
 
@@ -47,6 +46,7 @@ class Captioner(nn.Module):
         content = [word not in FUNCTION_WORDS and word not in SPECIAL_TOKENS for word in vocab.words]
         self.register_buffer("content_words", torch.tensor(content), persistent=False)  # (V,) built once, moves with .to()
         self.run_config: Config | None = None  # the whole run's config, set by load_checkpoint
+        self.decoding: Decoding = EvalConfig().decoding()  # generate()'s default; load_checkpoint sets the run's
         self.metrics: dict[str, Any] = {}  # the checkpoint's validation metrics, set by load_checkpoint
 
     def forward(self, images: torch.Tensor | None, captions: torch.Tensor, features: torch.Tensor | None = None,
@@ -80,34 +80,33 @@ class Captioner(nn.Module):
         return torch.where(replace & (inputs != self.vocab.pad_id), guesses, inputs)
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor | None = None, *, features: torch.Tensor | None = None,
-                 beam_size: int = DECODING.beam_size, max_length: int = DECODING.max_length,
-                 no_repeat_ngram_size: int = DECODING.no_repeat_ngram_size,
-                 no_repeat_content_words: bool = DECODING.no_repeat_content_words,
-                 content_word_repeat_penalty: float = DECODING.content_word_repeat_penalty,
-                 allow_unknown_word: bool = DECODING.allow_unknown_word, length_penalty: float = DECODING.length_penalty,
-                 temperature: float = 0.0, seed: int | None = None, num_samples: int = 1) -> list[Generation]:
-        """Caption a batch: beam search (beam_size 1 = greedy) or, with temperature > 0, sampling.
+    def generate(self, images: torch.Tensor | None = None, decoding: Decoding | None = None, *,
+                 features: torch.Tensor | None = None) -> list[Generation]:
+        """Caption a batch (uint8 images, or the encoder's `features`) as `decoding` says, by default
+        the model's own: beam search (beam_size 1 = greedy) or, with temperature > 0, sampling.
         Used by validation, evaluation, the API, the demo and self-critical training alike.
-        <unk> is never generated unless allow_unknown_word; <pad> and <start> never are.
-        no_repeat_ngram_size, no_repeat_content_words (a content word at most once) and
-        content_word_repeat_penalty (else: its second use costs this much log-probability) apply to
-        beam search; num_samples (sampling only) draws that many captions per image, its alternatives. To rerank the alternatives with an
-        image–sentence scorer, pass the result to `captioner.scorer.rerank.rerank_generations`."""
+        <unk> is never generated unless allow_unknown_word; <pad> and <start> never are. The repeat
+        controls apply to beam search; num_samples (sampling only) draws that many captions per image,
+        its alternatives. To rerank the alternatives with an image–sentence scorer, pass the result to
+        `captioner.scorer.rerank.rerank_generations`."""
+        decoding = self.decoding if decoding is None else decoding
         if features is None:
             features = self.encoder(images)  # (B, F)
         state = self.decoder.start(features)
         vocab = self.vocab
-        step = partial(self.next_word, ruled_out=self.ruled_out_words(allow_unknown_word, features.device))  # once
-        if temperature > 0:
-            results = sample(step, state, vocab.start_id, vocab.end_id, max_length, temperature, seed, num_samples)
+        ruled_out = self.ruled_out_words(decoding.allow_unknown_word, features.device)
+        step = partial(self.next_word, ruled_out=ruled_out)  # the ruled-out ids built once, not per step
+        start, end = vocab.start_id, vocab.end_id
+        if decoding.temperature > 0:
+            results = sample(step, state, start, end, decoding.max_length, decoding.temperature, decoding.seed,
+                             decoding.num_samples)
         else:
-            penalty = float("inf") if no_repeat_content_words else content_word_repeat_penalty
+            penalty = float("inf") if decoding.no_repeat_content_words else decoding.content_word_repeat_penalty
             repeat_penalty = None
             if penalty > 0:
                 repeat_penalty = torch.where(self.content_words, penalty, 0.0)  # (V,)
-            results = beam_search(step, state, vocab.start_id, vocab.end_id, beam_size, max_length, length_penalty,
-                                  no_repeat_ngram_size, repeat_penalty)
+            results = beam_search(step, state, start, end, decoding.beam_size, decoding.max_length,
+                                  decoding.length_penalty, decoding.no_repeat_ngram_size, repeat_penalty)
         for result in results:
             result.words = [vocab.decode_tokens(tokens) for tokens in result.token_ids]
         return results
@@ -116,7 +115,7 @@ class Captioner(nn.Module):
                   ruled_out: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple]:
         """The decoder's step with <pad>, <start> and (unless allowed) <unk> ruled out: log p(w | ...)
         renormalised over the words a caption can hold (and <end>). tokens (B,) -> ((B, V), state).
-        allow_unknown_word None: the run's own eval setting, as the API and the demo generate with;
+        allow_unknown_word None: the model's own (`model.decoding`), as the API and the demo generate with;
         ruled_out: the ids from `ruled_out_words`, when a caller steps many times (generate)."""
         log_probs, state = self.decoder.step(tokens, state)  # (B, V)
         if ruled_out is None:
@@ -124,29 +123,22 @@ class Captioner(nn.Module):
         return torch.log_softmax(log_probs.index_fill(-1, ruled_out, float("-inf")), dim=-1), state
 
     def ruled_out_words(self, allow_unknown_word: bool | None, device: torch.device) -> torch.Tensor:
-        """(n,) ids no caption may hold: <pad>, <start>, and <unk> unless allowed (None: the run's setting)."""
+        """(n,) ids no caption may hold: <pad>, <start>, and <unk> unless allowed (None: the model's own)."""
         if allow_unknown_word is None:
-            allow_unknown_word = self.decoding_controls()["allow_unknown_word"]
+            allow_unknown_word = self.decoding.allow_unknown_word
         never = [self.vocab.pad_id, self.vocab.start_id] + ([] if allow_unknown_word else [self.vocab.unk_id])
         return torch.tensor(never, device=device)
-
-    def decoding_controls(self) -> dict[str, Any]:
-        """The run's eval.* repeat, <unk> and length controls (EvalConfig's defaults for a model that
-        was not loaded from a checkpoint), so the API and the demo caption as evaluation does."""
-        return decoding_options(self.run_config.eval if self.run_config else DECODING)
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """The encoder's one transform, on the model's device: list[PIL.Image] -> uint8 (B, 3, S, S)."""
         device = next(self.parameters()).device
         return torch.stack([self.encoder.preprocess(image) for image in images]).to(device)
 
-    def caption(self, images: list[Image.Image], beam_size: int = DECODING.beam_size,
-                max_length: int = DECODING.max_length) -> list[str]:
-        """list[PIL.Image] -> list[str]: the public one-liner over `generate`, with the checkpoint's
-        caption controls (`decoding_controls`)."""
+    def caption(self, images: list[Image.Image], decoding: Decoding | None = None) -> list[str]:
+        """list[PIL.Image] -> list[str]: the public one-liner over `generate`, decoding as the checkpoint's
+        evaluation does unless `decoding` says otherwise, e.g. `replace(model.decoding, beam_size=5)`."""
         with evaluating(self):
-            generations = self.generate(self.pixels(images), beam_size=beam_size, max_length=max_length,
-                                        **self.decoding_controls())
+            generations = self.generate(self.pixels(images), decoding)
         return [" ".join(generation.words[0]) for generation in generations]
 
 
@@ -156,9 +148,6 @@ def build_decoder(config: ModelConfig, encoder: Encoder, vocab_size: int) -> nn.
                  num_layers=config.num_layers, cell=config.cell, dropout=config.dropout)
     if not config.attention:
         return Decoder(feature_dim=encoder.feature_dim, image_as=config.image_as, **sizes)
-    if config.attention_query not in ATTENTION_QUERIES:
-        raise ConfigError(f"model.attention_query: expected one of {', '.join(ATTENTION_QUERIES)}, "
-                          f"got {config.attention_query!r}")
     region_dim = encoder.use_regions()
     num_regions = encoder.num_regions if config.region_positions else 0
     return ATTENTION_QUERIES[config.attention_query](region_dim=region_dim, attention_size=config.attention_size,
@@ -188,6 +177,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cap
     model = _build_from_checkpoint(run_config.model, vocab, path)  # now its weights are the checkpoint's size
     model.load_state_dict(weights)
     model.run_config = run_config
+    model.decoding = run_config.eval.decoding()
     model.metrics = payload.get("metrics", {})
     return model.to(device).eval()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def scene_pixels(model: Captioner, seed: int = 0) -> torch.Tensor:
 def test_each_words_weights_sum_to_one_and_the_replay_is_the_generation(query, beam_size):
     model = tiny_model(query=query)
     pixels = scene_pixels(model)
-    generation = model.generate(pixels, beam_size=beam_size, max_length=7)[0]
+    generation = model.generate(pixels, replace(model.decoding, beam_size=beam_size, max_length=7))[0]
     trace = attention_maps.trace_attention(model, pixels, generation.token_ids[0], generation.finished[0])
     steps = len(generation.token_ids[0]) + generation.finished[0]
     assert trace.weights.shape == (steps, 4, 4)  # small_cnn: a 4 x 4 map, one map per emitted word (<end> too)
@@ -57,9 +58,9 @@ def test_each_words_weights_sum_to_one_and_the_replay_is_the_generation(query, b
 def test_recording_is_per_thread_and_leaves_generation_unchanged(query):
     model = tiny_model(query=query)
     pixels = torch.cat([scene_pixels(model, seed) for seed in range(3)])  # (3, 3, 64, 64)
-    plain = model.generate(pixels, beam_size=2, max_length=6)
+    plain = model.generate(pixels, replace(model.decoding, beam_size=2, max_length=6))
     with recording(model.decoder) as recorded:
-        watched = model.generate(pixels, beam_size=2, max_length=6)
+        watched = model.generate(pixels, replace(model.decoding, beam_size=2, max_length=6))
         with pytest.raises(RuntimeError, match="already recording"):
             with recording(model.decoder):
                 pass
@@ -67,14 +68,14 @@ def test_recording_is_per_thread_and_leaves_generation_unchanged(query):
     assert recorded and all(torch.allclose(alpha.sum(dim=-1), torch.ones(alpha.size(0))) for alpha in recorded)
     assert recorded[0].shape == (3, 16)  # the first step: 3 images x 16 regions
     count = len(recorded)
-    model.generate(pixels, beam_size=2, max_length=6)  # outside the block: nothing more is kept
+    model.generate(pixels, replace(model.decoding, beam_size=2, max_length=6))  # outside the block: none kept
     assert len(recorded) == count
 
 
 def test_figure_has_one_panel_per_word_with_its_probability():
     model = tiny_model()
     pixels = scene_pixels(model)
-    generation = model.generate(pixels, beam_size=1, max_length=7)[0]
+    generation = model.generate(pixels, replace(model.decoding, beam_size=1, max_length=7))[0]
     trace = attention_maps.trace_attention(model, pixels, generation.token_ids[0], generation.finished[0])
     figure = attention_maps.plot_attention(trace, columns=3)
     titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
@@ -101,7 +102,7 @@ def test_a_model_without_attention_is_named_not_drawn(tmp_path):
 def test_saved_figure_is_a_png(tmp_path):
     model = tiny_model(query="current")
     pixels = scene_pixels(model)
-    generation = model.generate(pixels, beam_size=1, max_length=5)[0]
+    generation = model.generate(pixels, replace(model.decoding, beam_size=1, max_length=5))[0]
     trace = attention_maps.trace_attention(model, pixels, generation.token_ids[0], generation.finished[0])
     attention_maps.save_attention_figure(trace, tmp_path / "map.png")
     with Image.open(tmp_path / "map.png") as image:
@@ -163,7 +164,7 @@ def test_a_shape_word_looks_at_the_cells_that_hold_that_shape(trained_on_scenes)
     model = trained_on_scenes
     scenes = render_scenes(seed=1, count=150)  # a test batch the model never saw
     pixels = model.pixels([image for _, image, _ in scenes])
-    generations = model.generate(pixels, beam_size=1, max_length=16)
+    generations = model.generate(pixels, replace(model.decoding, beam_size=1, max_length=16))
     mass: dict[str, list[float]] = {shape: [] for shape in shapes.SHAPES}
     chance: dict[str, list[float]] = {shape: [] for shape in shapes.SHAPES}
     for index, (generation, (scene, _, _)) in enumerate(zip(generations, scenes)):

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_mixed_folder_captions_the_good_names_the_bad_and_exits_1(tiny_run, mixe
     good = sorted(str(path) for path in mixed_folder.rglob("good_*"))
     assert sorted(line.split("\t")[0] for line in lines) == good
     model = load_checkpoint(tiny_run / "best.pt")
-    expected = model.caption([load_image(path) for path in good], beam_size=2)  # the same generate(), same loader
+    expected = model.caption([load_image(path) for path in good], replace(model.decoding, beam_size=2))  # the same generate(), same loader
     assert dict(line.split("\t") for line in lines) == dict(zip(good, expected))
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 3 and all(line.startswith("error: ") for line in errors)

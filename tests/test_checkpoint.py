@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from test_model import make_model
 from captioner import CheckpointError, load_checkpoint
 from captioner.checkpoint import FORMAT_VERSION, read_checkpoint, save_checkpoint
 from captioner.config import Config, to_dict
+from captioner.data.records import ImageRecord
+from captioner.evaluation import evaluate
 
 
 def payload(model) -> dict:
@@ -25,8 +28,8 @@ def test_round_trip_gives_identical_captions(tmp_path):
     assert raw["format_version"] == FORMAT_VERSION and set(raw) >= {"config", "vocab", "model"}
     loaded = load_checkpoint(path)
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
-    assert [g.token_ids for g in loaded.generate(images, beam_size=3)] == \
-           [g.token_ids for g in model.generate(images, beam_size=3)]
+    assert loaded.decoding == model.decoding  # the run's eval section: here EvalConfig's defaults
+    assert [g.token_ids for g in loaded.generate(images)] == [g.token_ids for g in model.generate(images)]
 
 
 def test_a_checkpoint_with_the_retired_attention_score_bias_still_loads(tmp_path):
@@ -38,6 +41,23 @@ def test_a_checkpoint_with_the_retired_attention_score_bias_still_loads(tmp_path
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     assert [g.token_ids for g in load_checkpoint(tmp_path / "old.pt").generate(images)] == \
            [g.token_ids for g in model.generate(images)]
+
+
+def test_a_checkpoint_of_the_earlier_format_evaluates_with_its_own_eval_section(tmp_path):
+    """Configs saved before the choices were typed and before `Decoding` hold the same plain strings and
+    eval.* keys: they load, and the model captions as the run's eval section said."""
+    model = make_model().eval()
+    old = payload(model)
+    old["config"]["eval"].update(beam_size=2, max_length=6, no_repeat_content_words=False, length_penalty=0.5)
+    save_checkpoint(old, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.decoding == replace(model.decoding, beam_size=2, max_length=6, no_repeat_content_words=False,
+                                      length_penalty=0.5)
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    records = [ImageRecord(str(i), f"{i}.png", ("a red circle",), "test") for i in range(3)]
+    metrics, captions = evaluate(loaded, records, "test", pixels=images, meteor=False)
+    assert (metrics["beam_size"], metrics["length_penalty"]) == (2, 0.5)
+    assert captions == [" ".join(g.words[0]) for g in model.generate(images, loaded.decoding)]
 
 
 def test_failed_save_keeps_previous_file_byte_identical(tmp_path, monkeypatch):

@@ -1,11 +1,16 @@
 """Config: YAML + dotted overrides, typed, unknown keys and wrong types refused with the key path."""
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
+import typing
 from pathlib import Path
 
 import pytest
 
 from captioner.config import Config, ConfigError, from_dict, load_config, to_dict
+from captioner.decoding import Decoding
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,3 +96,55 @@ def test_every_difference_of_the_default_run_from_the_dataclass_defaults_is_comm
     for key in changed:
         field_line = next(line for line in source if line.strip().startswith(f"{key.split('.')[-1]}:"))
         assert "shapes.yaml" in field_line, f"{key}: differs in configs/shapes.yaml without a comment saying so"
+
+
+CHOICES = ["data.format", "data.feature_dtype", "model.cell", "model.image_as", "model.attention_query",
+           "model.image_fit", "train.optimizer", "train.lr_schedule", "train.precision",
+           "train.self_critical_reward", "train.checkpoint_metric"]
+
+
+def choices_of(key: str) -> tuple[str, ...]:
+    section, name = key.split(".")
+    return typing.get_args(typing.get_type_hints(type(getattr(Config(), section)))[name])
+
+
+@pytest.mark.parametrize("key", CHOICES)
+def test_a_bad_choice_is_refused_at_load_naming_the_key_the_value_and_the_choices(key):
+    choices = choices_of(key)
+    assert len(choices) >= 2 and load_config(None, [f"{key}={choices[-1]}"])  # every choice loads
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [f"{key}=nonsense"])
+    assert str(refused.value) == f"{key}='nonsense': expected one of {', '.join(choices)}"
+    with pytest.raises(ConfigError, match=f"{key}"):
+        from_dict({key.split(".")[0]: {key.split(".")[1]: "nonsense"}})  # a checkpoint's config alike
+
+
+def test_each_choice_list_is_the_one_the_code_implements():
+    from captioner.decoders.attention import ATTENTION_QUERIES
+    from captioner.rnn.cells import CELLS
+    from captioner.training.progress import CHECKPOINT_METRICS
+
+    assert choices_of("model.cell") == tuple(CELLS)
+    assert choices_of("model.attention_query") == tuple(ATTENTION_QUERIES)
+    assert choices_of("train.checkpoint_metric") == tuple(CHECKPOINT_METRICS)
+
+
+@pytest.mark.parametrize("override, interval", [
+    ("train.self_critical_samples=1", "[2, inf)"),  # each sample's baseline is the others' mean
+    ("eval.length_penalty=-1.0", "[0, 5]"),
+    ("eval.content_word_repeat_penalty=-0.5", "[0, inf]"),
+])
+def test_every_range_lives_in_ranges(override, interval):
+    with pytest.raises(ConfigError, match=re.escape(f"{override}: expected a value in {interval}")):
+        load_config(None, [override])
+    assert load_config(None, ["eval.content_word_repeat_penalty=.inf"]).eval.content_word_repeat_penalty == math.inf
+
+
+def test_the_eval_section_builds_the_decoding_with_its_own_values():
+    config = load_config(None, ["eval.beam_size=4", "eval.length_penalty=0.7", "eval.val_beam_size=2"])
+    decoding = config.eval.decoding()
+    assert isinstance(decoding, Decoding) and (decoding.beam_size, decoding.length_penalty) == (4, 0.7)
+    assert {field.name for field in dataclasses.fields(Decoding)} - set(to_dict(config)["eval"]) == {
+        "temperature", "num_samples", "seed"}  # the rest comes from eval.*, under the same names
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoding.beam_size = 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from test_model import make_model
 
 from captioner.config import EvalConfig
 from captioner.decoding import beam_search, repeated_ngram_words, sample, used_words
+from captioner.evaluation import evaluate
 from captioner.model import Captioner
 from captioner.vocab import SPECIAL_TOKENS
 
@@ -93,19 +95,16 @@ def test_no_repeat_ngram_beam_equals_the_reference_that_skips_repeats(beam_size,
 
 
 def test_decoding_defaults_are_stored_once_in_eval_config():
-    defaults = EvalConfig()
-    parameters = inspect.signature(Captioner.generate).parameters
-    for name in ("beam_size", "max_length", "no_repeat_ngram_size", "no_repeat_content_words", "allow_unknown_word",
-                 "content_word_repeat_penalty",
-                 "length_penalty"):
-        assert parameters[name].default == getattr(defaults, name), name
-    assert inspect.signature(Captioner.caption).parameters["beam_size"].default == defaults.beam_size
+    """A new model decodes with EvalConfig's defaults; generate() takes one Decoding, evaluate() few keywords."""
     model = decisive_model()
+    assert model.decoding == EvalConfig().decoding()
+    assert len(inspect.signature(Captioner.generate).parameters) - 1 <= 4
+    assert len(inspect.signature(evaluate).parameters) <= 9
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
-    free = model.generate(images, beam_size=2, no_repeat_content_words=False)
+    free = model.generate(images, replace(model.decoding, beam_size=2, no_repeat_content_words=False))
     assert any(repeats_ngram(g.token_ids[0], 2) for g in free)  # no_repeat_ngram_size's default 0: free
     assert all(not repeats_ngram(g.token_ids[0], 2)
-               for g in model.generate(images, beam_size=2, no_repeat_ngram_size=2))
+               for g in model.generate(images, replace(model.decoding, beam_size=2, no_repeat_ngram_size=2)))
 
 
 def test_used_words_marks_every_word_of_the_beam():
@@ -154,8 +153,8 @@ def test_greedy_is_argmax_and_length_limit_falls_back():
 def test_sampling_is_seeded_and_temperature_zero_is_beam():
     model = decisive_model()
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
-    first = model.generate(images, temperature=1.0, seed=3)
-    again = model.generate(images, temperature=1.0, seed=3)
+    first = model.generate(images, replace(model.decoding, temperature=1.0, seed=3))
+    again = model.generate(images, replace(model.decoding, temperature=1.0, seed=3))
     assert [g.token_ids for g in first] == [g.token_ids for g in again]
     with torch.no_grad():
         state = model.decoder.start(model.encoder(images))

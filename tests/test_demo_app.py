@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,7 +17,6 @@ from captioner import load_checkpoint
 from captioner.config import Config, ModelConfig
 from captioner.demo import gates
 from captioner.demo.service import (
-    DecodingOptions,
     DemoInputError,
     ModelCatalog,
     alternatives_table,
@@ -25,6 +25,7 @@ from captioner.demo.service import (
     model_summary,
     read_upload,
     read_uploads,
+    requested_decoding,
 )
 from captioner.images import load_image
 from captioner.model import Captioner
@@ -67,7 +68,7 @@ def test_caption_matches_the_model_for_every_decoding_mode(served, tmp_path):
     path = REPO / "examples" / "images" / "shapes_101.jpg"
     image = load_image(path)
     for mode, beam in (("beam search", 3), ("greedy", 1)):
-        expected = model.caption([image], beam_size=beam, max_length=12)[0]
+        expected = model.caption([image], replace(model.decoding, beam_size=beam, max_length=12))[0]
         assert client.predict(handle_file(str(path)), 3, 12, mode, 1.0, api_name="/caption") == expected
     sampled = client.predict(handle_file(str(path)), 3, 4, "sampling", 0.7, api_name="/caption")
     assert 1 <= len(sampled.split()) <= 4 and set(sampled.split()) <= set(model.vocab.words)
@@ -121,7 +122,7 @@ def test_batch_captions_every_good_image_and_names_the_bad_ones(served, tmp_path
     (tmp_path / "notes.png").write_bytes(b"not an image at all")
     gallery, notes = client.predict([handle_file(str(path)) for path in [*files, tmp_path / "notes.png"]],
                                     2, api_name="/caption_batch")
-    expected = model.caption([load_image(path) for path in files], beam_size=2)
+    expected = model.caption([load_image(path) for path in files], replace(model.decoding, beam_size=2))
     assert [item["caption"] for item in gallery] == [f"red.png: {expected[0]}", f"green.png: {expected[1]}"]
     assert "notes.png: not a supported image" in notes
 
@@ -217,11 +218,15 @@ def test_find_models_puts_the_default_first(tmp_path):
         chosen.get("/etc/passwd")
 
 
-def test_decoding_options_refuse_out_of_range_values():
-    assert DecodingOptions("greedy", beam_size=5).generate_arguments() == {"beam_size": 1, "max_length": 20}
+def test_a_request_changes_the_model_decoding_within_limits():
+    model = tiny_model("lstm")
+    model.decoding = replace(model.decoding, no_repeat_ngram_size=2)  # the checkpoint's own rule is kept
+    assert requested_decoding(model, "greedy", beam_size=5) == replace(model.decoding, beam_size=1, max_length=20)
+    sampling = requested_decoding(model, "sampling", max_length=7, temperature=0.5, seed=1)
+    assert sampling == replace(model.decoding, max_length=7, temperature=0.5, seed=1)
     for bad in ({"mode": "top-p"}, {"beam_size": 0}, {"max_length": 500}, {"mode": "sampling", "temperature": 0.0}):
         with pytest.raises(DemoInputError):
-            DecodingOptions(**bad)
+            requested_decoding(model, **bad)
 
 
 def test_read_uploads_skips_bad_files_and_bounds_the_batch(tmp_path):
@@ -244,8 +249,8 @@ def tiny_model(cell: str, num_layers: int = 2, attention: bool = False) -> Capti
 
 def test_alternatives_are_ranked_with_their_log_probabilities():
     model = tiny_model("lstm")
-    options = DecodingOptions(beam_size=3, max_length=6)
-    generation = caption_images(model, [Image.new("RGB", (64, 64), "red")], options)[0]
+    decoding = requested_decoding(model, beam_size=3, max_length=6)
+    generation = caption_images(model, [Image.new("RGB", (64, 64), "red")], decoding)[0]
     rows = alternatives_table(generation)
     assert [row[0] for row in rows] == [1, 2, 3] and rows[0][2] == round(generation.log_probs[0], 3)
     assert all(isinstance(row[1], str) and row[1] for row in rows)
@@ -256,7 +261,7 @@ def test_alternatives_are_ranked_with_their_log_probabilities():
 def test_trace_replays_the_caption_and_plots_what_the_cell_has(cell, attention):
     model = tiny_model(cell, attention=attention)
     pixels = model.encoder.preprocess(Image.new("RGB", (64, 64), "blue")).unsqueeze(0)  # (1, 3, 64, 64)
-    generation = model.generate(pixels, beam_size=1, max_length=6)[0]
+    generation = model.generate(pixels, replace(model.decoding, beam_size=1, max_length=6))[0]
     trace = gates.trace_caption(model, pixels, generation.token_ids[0], generation.finished[0])
     assert trace.words[: len(generation.words[0])] == generation.words[0]
     assert len(trace.layers) == 2 and all(values.shape == (len(trace.words), 12)
@@ -291,6 +296,6 @@ def test_a_transparent_png_gives_the_same_pixels_through_the_api_and_the_demo(tm
     through_demo = model.pixels([read_upload(str(path))])
     assert torch.equal(through_api, through_demo)
     assert through_api[0, :, 0, 0].tolist() == [255, 255, 255]  # transparent corner: white, not black
-    options = DecodingOptions(beam_size=2, max_length=6)
-    demo_words = caption_images(model, [read_upload(str(path))], options)[0].words[0]
-    assert model.caption([opened], beam_size=2, max_length=6) == [" ".join(demo_words)]
+    decoding = requested_decoding(model, beam_size=2, max_length=6)
+    demo_words = caption_images(model, [read_upload(str(path))], decoding)[0].words[0]
+    assert model.caption([opened], replace(model.decoding, beam_size=2, max_length=6)) == [" ".join(demo_words)]

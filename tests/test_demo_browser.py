@@ -7,6 +7,7 @@ CI installs chromium with apt-get (.ci/run); no browser is ever downloaded (neve
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 from conftest import REPO
@@ -48,7 +49,8 @@ def page(page_url):
 
 def test_upload_caption_and_look_inside(page, tiny_run, tmp_path):
     image_path = REPO / "examples" / "images" / "shapes_202.jpg"
-    expected = load_checkpoint(tiny_run / "best.pt").caption([load_image(image_path)], beam_size=3, max_length=20)[0]
+    model = load_checkpoint(tiny_run / "best.pt")
+    expected = model.caption([load_image(image_path)], replace(model.decoding, beam_size=3, max_length=20))[0]
     assert "not photos" in page.locator("#model-summary").inner_text()
 
     page.locator("#single-image input[type=file]").set_input_files(str(image_path))

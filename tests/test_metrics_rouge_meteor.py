@@ -74,6 +74,23 @@ def test_without_java_meteor_is_left_out_with_one_line(monkeypatch, capsys):
     evaluation._say_once.cache_clear()
 
 
+def test_without_pycocoevalcap_meteor_is_left_out_with_one_line(monkeypatch, capsys):
+    """pycocoevalcap is the optional `meteor` extra (its jars are GPL/LGPL): without it, the same one line."""
+    find_spec = meteor.importlib.util.find_spec
+    monkeypatch.setattr(meteor.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "pycocoevalcap" else find_spec(name, *args))
+    evaluation._say_once.cache_clear()
+    hypotheses, references = _oracle_corpus(seed=3, shorten=False)
+    assert evaluation.meteor_metric(hypotheses, references) == {}
+    assert evaluation.meteor_metric(hypotheses, references) == {}
+    lines = capsys.readouterr().err.strip().splitlines()
+    if shutil.which("java") is not None:  # without Java, that line comes first
+        assert lines == ["METEOR left out: no pycocoevalcap, which ships the METEOR 1.5 jar "
+                         "(the `meteor` extra: pip install -e '.[meteor]')"]
+    assert len(lines) == 1
+    evaluation._say_once.cache_clear()
+
+
 def test_epoch_line_and_table_round_to_what_the_numbers_mean():
     entry = {"epoch": 3, "train_loss": 0.80612345, "bleu4": 66.98765, "cider": 350.7123, "meteor": 40.04,
              "content_accuracy": 40.0, "epoch_seconds": 24.3}

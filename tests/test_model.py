@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -101,7 +102,7 @@ def test_overfits_one_batch_and_generates_it_back(decoder):
         optimizer.step()
     assert loss.item() < 0.05
     model.eval()
-    generated = [" ".join(g.words[0]) for g in model.generate(images, beam_size=2)]
+    generated = [" ".join(g.words[0]) for g in model.generate(images, replace(model.decoding, beam_size=2))]
     assert generated == CAPTIONS
 
 

@@ -275,8 +275,6 @@ def test_detach_state_cuts_gradients_but_carries_values():
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="cell must be one of"):
-        StackedLSTM(3, 4, cell="lstn")
     with pytest.raises(ValueError, match="dropout"):
         StackedLSTM(3, 4, dropout=1.5)
     with pytest.raises(ValueError, match="num_layers"):

@@ -9,6 +9,7 @@ import math
 import random
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -226,7 +227,8 @@ def test_rerank_reorders_the_beams_that_generate_returns():
     model = Captioner(config.model, vocab).eval()
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     scorer = ImageSentenceScorer(vocab, ScorerSettings(model.encoder.feature_dim, 8, 8, joint_size=8)).train()
-    plain = model.generate(images, beam_size=4, max_length=5, no_repeat_content_words=False)  # the beams as before
+    plain = model.generate(images, replace(model.decoding, beam_size=4, max_length=5,
+                                           no_repeat_content_words=False))  # the beams as before
     reranked = rerank_generations(plain, model.encoder(images), scorer, 50.0)
     assert scorer.training, "reranking scores in eval mode and gives the scorer its own mode back"
     assert any(g.words != p.words for g, p in zip(reranked, plain)), "a large weight should reorder some beam"
@@ -257,7 +259,7 @@ def test_scorer_config_loads_and_refuses_unknown_keys(tmp_path):
         load_scorer_config(REPO / "configs/scorer.yaml", ["scorer.hidden=3"])
     with pytest.raises(ConfigError, match="task: expected 'scorer'"):
         load_scorer_config(REPO / "configs/scorer.yaml", ["task=caption"])
-    with pytest.raises(ConfigError, match="eval.split: expected one of train, val, test, got 'dev'"):
+    with pytest.raises(ConfigError, match="eval.split='dev': expected one of train, val, test"):
         load_scorer_config(REPO / "configs/scorer.yaml", ["eval.split=dev"])
 
 

@@ -3,6 +3,8 @@
 rule the captions would be full of it (eval.allow_unknown_word=true shows that they are)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,6 @@ from test_model import make_model
 from test_train import run_evaluation
 
 from captioner.checkpoint import read_checkpoint, save_checkpoint
-from captioner.config import Config
 from captioner.data.records import ImageRecord
 from captioner.evaluation import evaluate
 from captioner.metrics.repetition import caption_quality, repeated_content_words, shows_special_token
@@ -34,23 +35,22 @@ def photos(count: int = 3) -> list[Image.Image]:
 
 def test_captioner_caption_never_shows_a_special_token():
     model = unknown_loving_model()
-    captions = model.caption(photos(), beam_size=3)
+    captions = model.caption(photos(), replace(model.decoding, beam_size=3))
     assert captions and not any(shows_special_token(caption) for caption in captions)
-    raw = model.generate(model.pixels(photos()), beam_size=3, allow_unknown_word=True)
+    raw = model.generate(model.pixels(photos()), replace(model.decoding, beam_size=3, allow_unknown_word=True))
     assert all("<unk>" in generation.words[0] for generation in raw)  # the rule, not the model, removed it
-    sampled = model.generate(model.pixels(photos()), temperature=1.0, seed=0, num_samples=4)
+    sampled = model.generate(model.pixels(photos()), replace(model.decoding, temperature=1.0, seed=0, num_samples=4))
     assert not any("<unk>" in words for generation in sampled for words in generation.words)
 
 
 def test_caption_and_demo_follow_the_checkpoint_eval_settings():
     """A run saved with eval.allow_unknown_word: true gets the raw model in the API and the demo too."""
-    from captioner.demo.service import DecodingOptions, caption_images
+    from captioner.demo.service import caption_images, requested_decoding
 
     model = unknown_loving_model()
-    model.run_config = Config()
-    model.run_config.eval.allow_unknown_word = True
+    model.decoding = replace(model.decoding, allow_unknown_word=True)  # as load_checkpoint sets it from eval.*
     assert all("<unk>" in caption.split() for caption in model.caption(photos()))
-    generations = caption_images(model, photos(), DecodingOptions("greedy"))
+    generations = caption_images(model, photos(), requested_decoding(model, "greedy"))
     assert all("<unk>" in generation.words[0] for generation in generations)
 
 
@@ -58,9 +58,10 @@ def test_evaluate_never_shows_a_special_token_and_counts_them():
     model = unknown_loving_model()
     pixels = model.pixels(photos())
     records = [ImageRecord(f"photo{i}", f"photo{i}.png", ("a red circle", "a blue square"), "test") for i in range(3)]
-    metrics, captions = evaluate(model, records, "test", beam_size=3, max_length=8, pixels=pixels)
+    decoding = replace(model.decoding, beam_size=3, max_length=8)
+    metrics, captions = evaluate(model, records, "test", decoding, pixels=pixels)
     assert not any(shows_special_token(caption) for caption in captions) and metrics["special_token_percent"] == 0.0
-    raw, raw_captions = evaluate(model, records, "test", 3, 8, pixels=pixels, allow_unknown_word=True)
+    raw, raw_captions = evaluate(model, records, "test", replace(decoding, allow_unknown_word=True), pixels=pixels)
     assert raw["special_token_percent"] == 100.0 and all("<unk>" in caption for caption in raw_captions)
 
 

@@ -5,13 +5,13 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from conftest import REPO
 
 from captioner import load_checkpoint
-from captioner.config import decoding_options
 from captioner.data import load_dataset
 from captioner.evaluation import evaluate
 from captioner.images import load_image
@@ -56,8 +56,9 @@ def test_public_api_captions_pil_images(tiny_run):
     command wrote for the same files, from the vocabulary, with no special token."""
     model = load_checkpoint(tiny_run / "best.pt")
     records = load_dataset(model.run_config.data, log=lambda message: None)["test"][:4]
-    captions = model.caption([load_image(record.path) for record in records], beam_size=2, max_length=20)
-    assert captions == evaluate(model, records, "test", 2, 20, **decoding_options(model.run_config.eval))[1]
+    decoding = replace(model.decoding, beam_size=2, max_length=20)
+    captions = model.caption([load_image(record.path) for record in records], decoding)
+    assert captions == evaluate(model, records, "test", decoding)[1]
     words = [word for caption in captions for word in caption.split()]
     assert words and set(words) <= set(model.vocab.words) - set(SPECIAL_TOKENS)
 

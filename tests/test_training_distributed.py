@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,9 +23,10 @@ from conftest import REPO, tiny_overrides
 from torch import nn
 
 from captioner import distributed, evaluation, load_checkpoint
-from captioner.config import decoding_options, load_config
+from captioner.config import EvalConfig, load_config
 from captioner.data import load_dataset
 from captioner.data.records import ImageRecord
+from captioner.decoding import Decoding
 from captioner.distributed import Cluster
 from captioner.evaluation import evaluate
 from captioner.model import Captioner
@@ -71,8 +73,8 @@ def evaluate_single_process(checkpoint: Path, split: str, beam_size: int) -> tup
     torch.set_num_threads(1)
     try:
         settings = model.run_config.eval
-        return evaluate(model, records, split, beam_size, settings.max_length, settings.batch_size,
-                        meteor=settings.meteor, **decoding_options(settings))
+        return evaluate(model, records, split, replace(model.decoding, beam_size=beam_size), settings.batch_size,
+                        meteor=settings.meteor)
     finally:
         torch.set_num_threads(threads)
 
@@ -198,8 +200,9 @@ class IndexCaptioner(nn.Module):
         super().__init__()
         self.captions = captions
         self.anchor = nn.Parameter(torch.zeros(1))  # evaluate() reads the device from the parameters
+        self.decoding = EvalConfig().decoding()  # evaluate() records its settings
 
-    def generate(self, images: torch.Tensor, **decoding) -> list[SimpleNamespace]:
+    def generate(self, images: torch.Tensor, decoding: Decoding) -> list[SimpleNamespace]:
         return [SimpleNamespace(words=[self.captions[int(image.flatten()[0])].split()]) for image in images]
 
 
@@ -225,7 +228,7 @@ def test_gathered_captions_keep_the_original_order(world_size, monkeypatch):
     generated = [text if i % 2 else "a shape on grey" for i, text in enumerate(references)]
     model = IndexCaptioner(generated)
     pixels = torch.arange(len(records)).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)  # (N, 3, 2, 2) image i = i
-    expected = evaluate(model, records, "val", 1, 20, batch_size=2, pixels=pixels)
+    expected = evaluate(model, records, "val", batch_size=2, pixels=pixels)
     assert expected[1] == generated
     gather = simulated_all_gather(world_size)
     monkeypatch.setattr(distributed, "gather_objects", gather)
@@ -233,7 +236,7 @@ def test_gathered_captions_keep_the_original_order(world_size, monkeypatch):
     results: list = [None] * world_size
 
     def rank(index: int) -> None:
-        results[index] = evaluate(model, records, "val", 1, 20, 2, pixels, Cluster(index, world_size))
+        results[index] = evaluate(model, records, "val", None, 2, pixels, Cluster(index, world_size))
 
     threads = [threading.Thread(target=rank, args=(index,)) for index in range(world_size)]
     for thread in threads:
@@ -305,11 +308,6 @@ def test_bf16_keeps_the_lstm_cell_state_in_fp32():
         output, (h, c) = model.decoder.rnn(torch.cat([image.unsqueeze(1), words], dim=1))  # cat promotes to fp32
     assert image.dtype == torch.bfloat16
     assert c.dtype == torch.float32 and h.dtype == torch.float32 and torch.isfinite(output).all()
-
-
-def test_unknown_precision_is_refused():
-    with pytest.raises(ValueError, match=r"train.precision='fp16': expected one of fp32, bf16"):
-        autocast("fp16", torch.device("cpu"))
 
 
 def test_trainer_steps_in_bf16_when_asked(data_root, tmp_path):

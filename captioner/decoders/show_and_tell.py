@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.config import ConfigError
 from captioner.rnn.cells import MEMORY_CELLS, State
 from captioner.rnn.stacked import StackedLSTM
 
@@ -33,8 +32,6 @@ def memory_initialiser(cell: str, width: int, num_layers: int, hidden_size: int)
     return nn.Linear(width, num_layers * hidden_size) if cell in MEMORY_CELLS else None
 
 
-IMAGE_INPUTS = ("first_input", "initial_state")  # where Decoder feeds the image (model.image_as)
-
 
 class Decoder(nn.Module):
     """Word embedding + StackedLSTM + output layer. The image enters as the input before <start>
@@ -45,8 +42,6 @@ class Decoder(nn.Module):
     def __init__(self, *, feature_dim: int, vocab_size: int, embed_size: int, hidden_size: int,
                  num_layers: int, cell: str, dropout: float, image_as: str = "first_input") -> None:
         super().__init__()
-        if image_as not in IMAGE_INPUTS:
-            raise ConfigError(f"model.image_as: expected one of {', '.join(IMAGE_INPUTS)}, got {image_as!r}")
         self.image_as, self.num_layers = image_as, num_layers
         if image_as == "first_input":
             self.image_projection = nn.Linear(feature_dim, embed_size)

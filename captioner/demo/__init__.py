@@ -1,7 +1,7 @@
 """The web demo (`python demo.py`).
 
     app.py        the Gradio page and its API: layout, request handlers, launch options
-    service.py    what the handlers do, without Gradio: model catalog, decoding options, uploads, captions
+    service.py    what the handlers do, without Gradio: model catalog, a request's decoding, uploads, captions
     attention.py  "Where it looked": each word's attention weights over the image (captioner/attention_maps.py)
     gates.py      "Inside the LSTM": the gates and cells recorded while a caption is replayed, and their plots
     errors.py     every failed request answers with a one-line message; refusals log no traceback

@@ -41,7 +41,6 @@ from captioner.demo.service import (  # noqa: E402
     MAX_BATCH_IMAGES,
     MAX_BEAM_SIZE,
     MAX_CAPTION_LENGTH,
-    DecodingOptions,
     DemoInputError,
     ModelCatalog,
     alternatives_table,
@@ -53,6 +52,7 @@ from captioner.demo.service import (  # noqa: E402
     model_summary,
     read_upload,
     read_uploads,
+    requested_decoding,
 )
 from captioner.devices import DeviceError, available_device  # noqa: E402
 from captioner.images import ImageError  # noqa: E402
@@ -104,9 +104,10 @@ class Handlers:
 
     def prepare(self, model: str | None, beam_size: float, max_length: float, decoding: str | None,
                 temperature: float) -> tuple:
-        """(the chosen model, validated DecodingOptions)."""
-        options = DecodingOptions(decoding or BEAM_SEARCH, int(beam_size), int(max_length), float(temperature))
-        return self.catalog.get(model or self.catalog.labels[0]), options
+        """(the chosen model, its own decoding with the request's choices, validated)."""
+        chosen = self.catalog.get(model or self.catalog.labels[0])
+        return chosen, requested_decoding(chosen, decoding or BEAM_SEARCH, int(beam_size), int(max_length),
+                                          float(temperature))
 
     def caption(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,
                 decoding: str = BEAM_SEARCH, temperature: float = 1.0, model: str | None = None) -> tuple:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from captioner.checkpoint import CheckpointError
-from captioner.decoding import Generation
+from captioner.decoding import Decoding, Generation
 from captioner.images import ImageError, load_image
 from captioner.model import Captioner, load_checkpoint
 from captioner.modes import evaluating
@@ -35,32 +35,22 @@ class DemoInputError(ValueError):
     """A request the demo refuses; the message is one line, safe to show to the user."""
 
 
-@dataclass(frozen=True)
-class DecodingOptions:
-    """How to turn the decoder's word probabilities into a caption."""
-
-    mode: str = "beam search"  # beam search | greedy | sampling
-    beam_size: int = 3  # beams kept (beam search only)
-    max_length: int = 20  # longest caption, in words
-    temperature: float = 1.0  # softmax temperature (sampling only): < 1 sharper, > 1 more varied
-    seed: int | None = None  # sampling seed; None = a fresh draw each time
-
-    def __post_init__(self) -> None:
-        if self.mode not in DECODING_MODES:
-            raise DemoInputError(f"decoding: expected one of {', '.join(DECODING_MODES)}, got {self.mode!r}")
-        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
-            raise DemoInputError(f"beam size: expected 1 to {MAX_BEAM_SIZE}, got {self.beam_size}")
-        if not 1 <= self.max_length <= MAX_CAPTION_LENGTH:
-            raise DemoInputError(f"max length: expected 1 to {MAX_CAPTION_LENGTH} words, got {self.max_length}")
-        if self.mode == "sampling" and not 0.05 <= self.temperature <= 5.0:
-            raise DemoInputError(f"temperature: expected 0.05 to 5, got {self.temperature}")
-
-    def generate_arguments(self) -> dict[str, Any]:
-        """Keyword arguments for `Captioner.generate`."""
-        if self.mode == "sampling":
-            return {"temperature": self.temperature, "max_length": self.max_length, "seed": self.seed}
-        beam_size = self.beam_size if self.mode == "beam search" else 1
-        return {"beam_size": beam_size, "max_length": self.max_length}
+def requested_decoding(model: Captioner, mode: str = "beam search", beam_size: int = 3, max_length: int = 20,
+                       temperature: float = 1.0, seed: int | None = None) -> Decoding:
+    """The model's own decoding (no <unk>, repeats: as in its evaluation) with what a request chooses:
+    the mode (beam search | greedy | sampling), the beams, the length and the softmax temperature
+    (sampling only: < 1 sharper, > 1 more varied; seed None = a fresh draw), within the demo's limits."""
+    if mode not in DECODING_MODES:
+        raise DemoInputError(f"decoding: expected one of {', '.join(DECODING_MODES)}, got {mode!r}")
+    if not 1 <= beam_size <= MAX_BEAM_SIZE:
+        raise DemoInputError(f"beam size: expected 1 to {MAX_BEAM_SIZE}, got {beam_size}")
+    if not 1 <= max_length <= MAX_CAPTION_LENGTH:
+        raise DemoInputError(f"max length: expected 1 to {MAX_CAPTION_LENGTH} words, got {max_length}")
+    if mode == "sampling" and not 0.05 <= temperature <= 5.0:
+        raise DemoInputError(f"temperature: expected 0.05 to 5, got {temperature}")
+    if mode == "sampling":
+        return replace(model.decoding, max_length=max_length, temperature=temperature, seed=seed)
+    return replace(model.decoding, beam_size=beam_size if mode == "beam search" else 1, max_length=max_length)
 
 
 def find_checkpoints(runs_dir: str | Path) -> list[Path]:
@@ -157,16 +147,15 @@ def read_uploads(paths: list[str]) -> tuple[list[Image.Image], list[str], list[s
     return images, names, skipped
 
 
-def caption_pixels(model: Captioner, pixels: torch.Tensor, options: DecodingOptions) -> list[Generation]:
-    """Caption preprocessed images (B, 3, S, S) with `Captioner.generate`, alternatives best first; the
-    checkpoint's caption controls (no <unk>, repeats) apply, as in its evaluation."""
+def caption_pixels(model: Captioner, pixels: torch.Tensor, decoding: Decoding) -> list[Generation]:
+    """Caption preprocessed images (B, 3, S, S) with `Captioner.generate`, alternatives best first."""
     with evaluating(model):
-        return model.generate(pixels, **{**model.decoding_controls(), **options.generate_arguments()})
+        return model.generate(pixels, decoding)
 
 
-def caption_images(model: Captioner, images: list[Image.Image], options: DecodingOptions) -> list[Generation]:
+def caption_images(model: Captioner, images: list[Image.Image], decoding: Decoding) -> list[Generation]:
     """Caption decoded RGB images: the encoder's transform, then `caption_pixels`."""
-    return caption_pixels(model, model.pixels(images), options)
+    return caption_pixels(model, model.pixels(images), decoding)
 
 
 def caption_text(generation: Generation, rank: int = 0) -> str:

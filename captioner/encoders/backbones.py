@@ -163,8 +163,6 @@ def build_encoder(name: str, pretrained: bool = False, image_fit: str = "crop", 
     scaled alike. Networks trained on random crops see objects larger than a centre crop shows them, so
     they often do better a little above their training size (Touvron et al. 2019, "FixRes"); the
     feature map grows with it (EfficientNet-Lite0: 7x7 at 224, 9x9 at 288)."""
-    if image_fit not in ("crop", "stretch"):
-        raise EncoderError(f"model.image_fit={image_fit!r}: expected crop or stretch")
     encoder = _build_backbone(name, pretrained)
     spec = encoder.preprocessing
     if image_size < 0 or (image_size and name == "small_cnn" and image_size != spec.image_size):

@@ -7,8 +7,9 @@ not reimplemented here: the jar and its English paraphrase table are the referen
 is started on first use and kept for the life of the Python process (it loads the paraphrase table
 once, about 5 s), so scoring every epoch's validation costs seconds, not a start-up each time.
 
-Without a `java` on PATH (or without pycocoevalcap) `unavailable_reason()` says why, and the caller
-leaves METEOR out of its table; nothing fails.
+Without a `java` on PATH, or without pycocoevalcap (the optional `meteor` extra: its jars are GPL/LGPL,
+docs/licences.md), `unavailable_reason()` says why in one line, and the caller leaves METEOR out of its
+table; nothing fails.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def unavailable_reason() -> str | None:
     if shutil.which("java") is None:
         return "METEOR left out: no `java` on PATH (install a Java runtime, e.g. apt-get install default-jre-headless)"
     if jar_directory() is None:
-        return "METEOR left out: the pycocoevalcap package (which ships the METEOR 1.5 jar) is not installed"
+        return ("METEOR left out: no pycocoevalcap, which ships the METEOR 1.5 jar "
+                "(the `meteor` extra: pip install -e '.[meteor]')")
     return None
 
 

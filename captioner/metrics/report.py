@@ -12,7 +12,7 @@ from typing import Any, Mapping
 # The table papers print (coco-caption's order), then this project's content accuracy on the built-in scenes.
 TABLE = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"), ("meteor", "METEOR"),
          ("rouge_l", "ROUGE-L"), ("cider", "CIDEr-D"), ("content_accuracy", "content accuracy %"))
-MISSING = {"meteor": "left out (no Java, or eval.meteor=false)"}  # why a row of TABLE can be absent
+MISSING = {"meteor": "left out (no Java or pycocoevalcap, or eval.meteor=false)"}  # why a row of TABLE can be absent
 
 
 def epoch_line(entry: Mapping[str, Any], total_epochs: int, example: str = "") -> str:

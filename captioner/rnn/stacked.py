@@ -32,8 +32,6 @@ class StackedLSTM(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
                  cell: str = "lstm", bidirectional: bool = False, fast: bool = True) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"StackedLSTM: cell must be one of {', '.join(CELLS)}, got {cell!r}")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"StackedLSTM: {name} must be a positive int, got {value!r}")

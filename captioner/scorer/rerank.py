@@ -1,7 +1,7 @@
 """Reranking a beam's alternatives with the image–sentence scorer: a function applied to the output of
 `Captioner.generate`, so the captioner never holds a scorer.
 
-    generations = captioner.generate(features=features, beam_size=5)
+    generations = captioner.generate(features=features, decoding=replace(captioner.decoding, beam_size=5))
     generations = rerank_generations(generations, features, load_scorer("runs/scorer/scorer.pt"), weight=1.0)
 """
 from __future__ import annotations

@@ -16,19 +16,19 @@ import argparse
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import yaml
 
 from captioner.checkpoint import CheckpointError, save_checkpoint
-from captioner.config import ConfigError, DataConfig, load_dataclass, read_yaml
+from captioner.config import Cell, ConfigError, DataConfig, ImageFit, load_dataclass, read_yaml
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.feature_cache import FeatureCache, feature_cache_directory
-from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
+from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.encoders.backbones import Encoder, EncoderError, build_encoder
 from captioner.files import write_atomically
 from captioner.metrics.bleu import bleu_scores
@@ -56,14 +56,14 @@ class ScorerModelConfig:
     captioner_checkpoint: str = "runs/shapes/best.pt"  # its frozen encoder + vocabulary; "" = backbone below
     backbone: str = "small_cnn"  # encoder when captioner_checkpoint is "" (no reranking then)
     pretrained: bool = False  # ImageNet weights for that backbone
-    image_fit: str = "crop"  # that backbone's input: crop (centre) | stretch (whole photo)
+    image_fit: ImageFit = "crop"  # that backbone's input: crop (centre) | stretch (whole photo)
     image_size: int = 0  # side of that backbone's input in pixels; 0 = the size it was trained at
     embed_size: int = 128  # word embedding size E
     hidden_size: int = 128  # state size H of each direction
     num_layers: int = 1  # bidirectional layers
-    cell: str = "lstm"  # rnn | lstm | peephole | coupled | gru
+    cell: Cell = "lstm"  # the recurrence of each direction (captioner/rnn/cells.py)
     joint_size: int = 256  # size J of the shared image–sentence space
-    pooling: str = "mean"  # mean: mean_t [h→_t ; h←_t] | final: [h→_T ; h←_1]
+    pooling: Literal["mean", "final"] = "mean"  # mean: mean_t [h→_t ; h←_t] | final: [h→_T ; h←_1]
     dropout: float = 0.0  # on word embeddings and between layers
 
 
@@ -83,7 +83,7 @@ class ScorerTrainConfig:
 
 @dataclass
 class ScorerEvalConfig:
-    split: str = "test"  # where retrieval and rerank BLEU are measured; an empty split falls back to val
+    split: Literal["train", "val", "test"] = "test"  # where retrieval and rerank BLEU are measured; an empty split falls back to val
     beam_size: int = 5  # the captioner's beam whose alternatives are reranked
     max_length: int = 20  # longest generated caption, in words
     rerank_weight: float = 1.0  # w in log p + w · score, when not tuned
@@ -106,8 +106,6 @@ def load_scorer_config(path: str | Path | None, overrides: Sequence[str] = ()) -
     config = load_dataclass(ScorerConfig, path, overrides)
     if config.task != "scorer":
         raise ConfigError(f"task: expected 'scorer' in a scorer config, got {config.task!r}")
-    if config.eval.split not in SPLITS:
-        raise ConfigError(f"eval.split: expected one of {', '.join(SPLITS)}, got {config.eval.split!r}")
     return config
 
 
@@ -198,14 +196,16 @@ def _rerank_bleu(captioner: Captioner, scorer: ImageSentenceScorer, features: to
     references = [[tokenize(text) for text in record.captions] for record in records]
     plain, reranked, sweep_tops = [], [], {weight: [] for weight in weights}
     device = next(captioner.parameters()).device
+    decoding = replace(captioner.decoding, beam_size=config.beam_size, max_length=config.max_length)  # its own rules
     for start in range(0, len(records), config.batch_size):
         chunk = features[start:start + config.batch_size].to(device)
-        beams = captioner.generate(features=chunk, beam_size=config.beam_size, max_length=config.max_length)
-        chosen = rerank_generations(beams, chunk, scorer, weights[0])
+        beams = captioner.generate(features=chunk, decoding=decoding)
+        chosen = rerank_generations(beams, chunk, scorer, weights[0], decoding.length_penalty)
         plain += [generation.words[0] for generation in beams]
         reranked += [generation.words[0] for generation in chosen]
         for weight in weights:
-            sweep_tops[weight] += [g.words[0] for g in rerank_generations(beams, chunk, scorer, weight)]
+            sweep_tops[weight] += [g.words[0] for g in rerank_generations(beams, chunk, scorer, weight,
+                                                                          decoding.length_penalty)]
     return {"weight": weights[0], "beam": bleu_scores(plain, references), "reranked": bleu_scores(reranked, references),
             "changed_top_caption": sum(a != b for a, b in zip(plain, reranked)),
             "sweep_bleu4": {str(weight): bleu_scores(tops, references)["bleu4"] for weight, tops in sweep_tops.items()}}

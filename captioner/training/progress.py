@@ -47,11 +47,6 @@ def recorded_best_score(progress: dict[str, Any], metric: str) -> float:
     return progress.get("best_score", progress.get("best_bleu4", -1.0))
 
 
-def check_checkpoint_metric(metric: str) -> None:
-    if metric not in CHECKPOINT_METRICS:
-        raise ValueError(f"train.checkpoint_metric={metric!r}: expected one of {', '.join(CHECKPOINT_METRICS)}")
-
-
 def best_score_on_disk(run_dir: Path, recorded: float, metric: str) -> float:
     """The best validation score (`metric`) to beat after a resume: `recorded` (last.pt's), or best.pt's own
     score when that is higher. A kill between the two saves leaves best.pt one epoch ahead of last.pt; on a

@@ -15,11 +15,11 @@ the cross-entropy epochs (train.self_critical_epochs), from the best cross-entro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from captioner.config import TrainConfig
 from captioner.data.batches import pad_sequences
 from captioner.data.records import ImageRecord
 from captioner.decoding import Generation
@@ -27,49 +27,30 @@ from captioner.metrics.bleu import sentence_bleu4
 from captioner.metrics.cider import CiderD
 from captioner.vocab import tokenize
 
-REWARDS = ("cider", "bleu4")  # CIDEr-D (coco-caption's, x10 scale) | smoothed sentence BLEU-4 in [0, 1]
 Forward = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # Captioner.forward, possibly DDP-wrapped
-
-
-def check_self_critical_config(train: TrainConfig) -> None:
-    """Refuse bad train.self_critical_* settings before any training (the phase starts epochs later)."""
-    if train.self_critical_epochs < 0:
-        raise ValueError(f"train.self_critical_epochs={train.self_critical_epochs}: expected 0 (off) or more")
-    if train.self_critical_epochs == 0:
-        return
-    _check_sampling(train.self_critical_samples, train.self_critical_reward)
-    if not train.self_critical_learning_rate > 0:
-        raise ValueError(f"train.self_critical_learning_rate={train.self_critical_learning_rate}: expected > 0")
-
-
-def _check_sampling(samples: int, reward: str) -> None:
-    if samples < 2:
-        raise ValueError(f"train.self_critical_samples={samples}: the baseline needs at least 2 samples per image")
-    if reward not in REWARDS:
-        raise ValueError(f"train.self_critical_reward={reward!r}: expected one of {', '.join(REWARDS)}")
 
 
 class SelfCriticalLoss:
     """The loss above for batches of training images, given by their indices into `records`."""
 
-    def __init__(self, records: Sequence[ImageRecord], samples: int, max_length: int, reward: str = "cider",
-                 allow_unknown_word: bool = False) -> None:
-        """allow_unknown_word: sample <unk> too (eval.allow_unknown_word), as the captions users see are made."""
-        _check_sampling(samples, reward)
+    def __init__(self, records: Sequence[ImageRecord], samples: int, reward: str = "cider") -> None:
+        """samples >= 2 per image (train.self_critical_samples, checked when the config loads); reward:
+        cider (CIDEr-D, coco-caption's x10 scale) | bleu4 (smoothed sentence BLEU-4 in [0, 1])."""
         self.references = [[tokenize(caption) for caption in record.captions] for record in records]
         self.cider = CiderD(self.references)  # document frequencies of the training references
         self.reward = self.cider.score if reward == "cider" else sentence_bleu4
-        self.samples, self.max_length, self.allow_unknown_word = samples, max_length, allow_unknown_word
+        self.samples = samples
 
     def __call__(self, model, forward: Forward, features: torch.Tensor, indices: Sequence[int],
                  seed: int) -> tuple[torch.Tensor, float]:
         """features (B, ...) of images `indices` -> (loss, mean reward of the samples).
 
         Run with the model in eval mode: the words are sampled without dropout, so the teacher-forced
-        pass that computes their log-probabilities must see the same network (no dropout) to be on-policy."""
+        pass that computes their log-probabilities must see the same network (no dropout) to be on-policy.
+        The samples keep the model's own max_length and <unk> rule, as the captions users see are made."""
         K, vocab = self.samples, model.vocab
-        generations = model.generate(features=features, temperature=1.0, max_length=self.max_length, seed=seed,
-                                     num_samples=K, allow_unknown_word=self.allow_unknown_word)  # one per image, its K samples as alternatives
+        sampling = replace(model.decoding, temperature=1.0, num_samples=K, seed=seed)
+        generations = model.generate(features=features, decoding=sampling)  # per image, its K samples as alternatives
         rewards = torch.tensor([[self.reward(words, self.references[index]) for words in generation.words]
                                 for index, generation in zip(indices, generations)])  # (B, K)
         baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (K - 1)  # (B, K) b^k: mean of the others

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from captioner import distributed
 from captioner.checkpoint import CheckpointError, check_compatible, read_checkpoint, save_checkpoint
-from captioner.config import Config, decoding_options, save_yaml, to_dict
+from captioner.config import Config, save_yaml, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.batches import CaptionedImages, epoch_batches, make_loader
 from captioner.data.paths import shown_path
@@ -28,11 +29,11 @@ from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
 from captioner.training.inputs import RunInputs, check_splits
 from captioner.training.optimizer import autocast, build_optimizer, build_scheduler
-from captioner.training.progress import (CHECKPOINT_METRICS, Progress, best_score_on_disk, check_checkpoint_metric,
+from captioner.training.progress import (CHECKPOINT_METRICS, Progress, best_score_on_disk,
                                          check_same_model, resume_target)
 from captioner.training.randomness import restore_rng, rng_state, seed_everything
 from captioner.training.run_dir import check_run_dir_is_free, claim_run_dir, prepare_run_dir, write_history
-from captioner.training.self_critical import SelfCriticalLoss, check_self_critical_config
+from captioner.training.self_critical import SelfCriticalLoss
 from captioner.training.stops import EXIT_INTERRUPTED, NonFiniteLoss, StopOnSignal, TrainingInterrupted
 from captioner.training.tensorboard import open_log, require_tensorboard
 from captioner.vocab import Vocabulary
@@ -56,8 +57,6 @@ class Trainer:
         """Every check that needs no data, in seconds: a bad setting, resume target or run_dir fails
         before the data is read or anything is written. Returns the checkpoint to resume, if any."""
         config = self.config
-        check_self_critical_config(config.train)  # fails now, not after the cross-entropy epochs
-        check_checkpoint_metric(config.train.checkpoint_metric)
         require_tensorboard(config.train.tensorboard)  # a missing package fails before any work
         resumed = read_checkpoint(resume) if resume else None
         if resumed:
@@ -65,7 +64,7 @@ class Trainer:
         self.run_dir = prepare_run_dir(Path(config.run_dir))
         check_run_dir_is_free(self.run_dir, resume, force)
         self.device = resolve_device(config.train.device, config.train.threads)
-        autocast(config.train.precision, self.device)  # a bad train.precision fails here
+        autocast(config.train.precision, self.device)  # bf16 on a GPU without it fails before any work
         return resumed
 
     def build(self, splits: Splits | None, resumed: dict[str, Any] | None, resume: Path | None) -> None:
@@ -82,6 +81,7 @@ class Trainer:
         self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
             (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
         self.model = Captioner(config.model, self.vocab).to(self.device)
+        self.model.decoding = config.eval.decoding()  # validation, test and self-critical samples decode so
         self.optimizer = build_optimizer(self.model, config)
         self.inputs = RunInputs(config, self.model.encoder, self.cluster, self.log)
         self.training_model = distributed.wrap(self.model, self.cluster)  # DDP: gradients averaged across ranks
@@ -186,8 +186,8 @@ class Trainer:
             group["lr"] = group["initial_lr"] * train.self_critical_learning_rate / train.learning_rate
         self.model.eval()
         if self.self_critical is None:
-            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples, self.config.eval.max_length,
-                                                  train.self_critical_reward, self.config.eval.allow_unknown_word)
+            self.self_critical = SelfCriticalLoss(dataset.records, train.self_critical_samples,
+                                                  train.self_critical_reward)
 
     def self_critical_loss(self, features: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """SelfCriticalLoss of one batch; its samples depend only on (seed, step), so a resume replays them."""
@@ -234,8 +234,9 @@ class Trainer:
         """Validate with free-running generation, then save last.pt and, if improved, best.pt."""
         ev = self.config.eval
         distributed.sync_buffers(self.model, self.cluster)
-        metrics, captions = evaluate(self.model, self.validation_records(), "val", ev.val_beam_size, ev.max_length,
-                                     ev.batch_size, cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
+        decoding = replace(self.model.decoding, beam_size=ev.val_beam_size)
+        metrics, captions = evaluate(self.model, self.validation_records(), "val", decoding, ev.batch_size,
+                                     cluster=self.cluster, meteor=ev.meteor,
                                      **self.inputs.for_evaluation(self.val_inputs))
         self.progress.epoch += 1
         self.progress.batch = 0
@@ -309,9 +310,8 @@ class Trainer:
         split = "test" if self.splits["test"] else "val"
         ev = self.config.eval
         inputs = self.inputs.stored_features(records) if self.inputs.cached else None
-        metrics, captions = evaluate(self.model, records, split, ev.beam_size, ev.max_length, ev.batch_size,
-                                     cluster=self.cluster, meteor=ev.meteor, **decoding_options(ev),
-                                     **self.inputs.for_evaluation(inputs))
+        metrics, captions = evaluate(self.model, records, split, self.model.decoding, ev.batch_size,
+                                     cluster=self.cluster, meteor=ev.meteor, **self.inputs.for_evaluation(inputs))
         metrics["examples"] = [{"image": shown_path(r.path, self.config.data.root), "generated": c,
                                 "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
