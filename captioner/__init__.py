@@ -1,12 +1,13 @@
 """captioner: a CNN encoder feeding an explicit, hand-written stacked LSTM decoder.
 
-    from captioner import load_checkpoint
-    model = load_checkpoint("runs/shapes/best.pt", device="cpu")
-    model.caption(images, beam_size=3)  # list[PIL.Image.Image] -> list[str]
+    from captioner import from_pretrained, load_checkpoint
+    model = from_pretrained("flickr8k-sample-lite0")  # the photo model shipped inside the package
+    model = load_checkpoint("runs/shapes/best.pt", device="cpu")  # or a run's checkpoint
+    model.caption(images)  # list[PIL.Image.Image] -> list[str]
 """
 from __future__ import annotations
 
-__all__ = ["load_checkpoint", "CheckpointError"]
+__all__ = ["from_pretrained", "load_checkpoint", "CheckpointError"]
 __version__ = "0.1.0"
 
 
@@ -16,6 +17,10 @@ def __getattr__(name: str):
         from captioner.model import load_checkpoint
 
         return load_checkpoint
+    if name == "from_pretrained":
+        from captioner.release import from_pretrained
+
+        return from_pretrained
     if name == "CheckpointError":
         from captioner.checkpoint import CheckpointError
 

@@ -1,6 +1,8 @@
 """Caption image files from the command line, no web page needed.
 
-    python -m captioner.caption --checkpoint runs/shapes/best.pt photo.jpg holiday/ "scans/*.png"
+    python -m captioner.caption photo.jpg holiday/ "scans/*.png"    # the photo model shipped with the package
+    python -m captioner.caption --model my-release/ photo.jpg       # a release: a shipped name or a directory
+    python -m captioner.caption --checkpoint runs/shapes/best.pt photo.jpg
     python -m captioner.caption --checkpoint runs/shapes/best.pt --format jsonl --beam-size 5 photos/
     python -m captioner.caption --checkpoint runs/shapes/best.pt --attention-maps maps/ photos/
 
@@ -10,7 +12,7 @@ is read by the project's one loader (`captioner.images.load_image`) and batches 
 `file<TAB>caption` (text, default), one JSON object per image with the alternatives and their
 log-probabilities (jsonl), or a CSV with a header row (csv). A file that cannot be read or decoded
 gets one line on stderr naming it, and the others go on. Exit status: 0 all captioned, 1 some file
-failed, 2 nothing could start (bad checkpoint or option).
+failed, 2 nothing could start (bad checkpoint, release or option).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from captioner.decoding import Decoding, Generation  # noqa: E402
 from captioner.images import ImageError, load_image  # noqa: E402
 from captioner.model import Captioner, load_checkpoint  # noqa: E402
 from captioner.modes import evaluating  # noqa: E402
+from captioner.release import DEFAULT_MODEL, from_pretrained  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")  # what a folder search keeps
 FORMATS = ("text", "jsonl", "csv")
@@ -141,12 +144,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m captioner.caption", description=__doc__.split("\n\n")[0],
                                      epilog="Exit status: 0 all captioned, 1 some file failed, 2 refused.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
-    parser.add_argument("--checkpoint", required=True, help="a .pt checkpoint written by train.py (e.g. runs/shapes/best.pt)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None, metavar="NAME|DIR",
+                        help=f"a release: a shipped model's name or a release directory (default: {DEFAULT_MODEL})")
+    source.add_argument("--checkpoint", default=None, help="a .pt checkpoint written by train.py (e.g. runs/shapes/best.pt)")
     parser.add_argument("--beam-size", type=int, default=None,
-                        help="beam width, 1 = greedy (default: the checkpoint's); with --temperature, captions "
+                        help="beam width, 1 = greedy (default: the model's); with --temperature, captions "
                         "sampled per image")
     parser.add_argument("--max-length", type=int, default=None,
-                        help="longest caption, in words (default: the checkpoint's)")
+                        help="longest caption, in words (default: the model's)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
                         help="beam search never repeats an n-gram (0 = off; default: the checkpoint's setting)")
     parser.add_argument("--temperature", type=float, default=0.0,
@@ -187,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model = load_checkpoint(args.checkpoint, device=args.device)
+        if args.checkpoint:
+            model = load_checkpoint(args.checkpoint, device=args.device)
+        else:
+            model = from_pretrained(args.model or DEFAULT_MODEL, device=args.device)
     except CheckpointError as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_REFUSED
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         from captioner.attention_maps import NO_ATTENTION, has_attention  # matplotlib only when maps are asked for
 
         if not has_attention(model):
-            print(f"error: --attention-maps: {args.checkpoint}: {NO_ATTENTION}", file=sys.stderr)
+            print(f"error: --attention-maps: {args.checkpoint or args.model or DEFAULT_MODEL}: {NO_ATTENTION}", file=sys.stderr)
             return EXIT_REFUSED
         maps = AttentionMapWriter(model, Path(args.attention_maps))
     files, errors = find_images(args.paths)

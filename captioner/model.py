@@ -24,6 +24,7 @@ from captioner.decoding import Decoding, Generation, beam_search, sample
 from captioner.devices import available_device
 from captioner.encoders.backbones import Encoder, EncoderError, build_encoder
 from captioner.modes import evaluating
+from captioner.release_format import save_release
 from captioner.vocab import FUNCTION_WORDS, SPECIAL_TOKENS, Vocabulary
 
 RETIRED_WEIGHTS = ("decoder.score.bias",)  # the attention score's bias: the softmax cancels it, it never learned
@@ -141,6 +142,14 @@ class Captioner(nn.Module):
             generations = self.generate(self.pixels(images), decoding)
         return [" ".join(generation.words[0]) for generation in generations]
 
+    def save_pretrained(self, directory: str | Path, dtype: str = "float32", overwrite: bool = False,
+                        **details: Any) -> None:
+        """Write this model as a release directory (config.json, model.safetensors, README.md), which
+        `captioner.from_pretrained(directory)` loads. Atomic: the directory appears complete or not at
+        all, and an existing one is replaced only with `overwrite`. `details`: metrics, provenance and
+        examples for config.json and the model card (captioner/release_format.py)."""
+        save_release(self, directory, dtype, overwrite=overwrite, **details)
+
 
 def build_decoder(config: ModelConfig, encoder: Encoder, vocab_size: int) -> nn.Module:
     """Show and Tell on the pooled feature, or soft attention over the encoder's map (model.attention)."""
@@ -173,8 +182,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cap
     run_config.model.pretrained = False  # the checkpoint holds every weight; never download at load time
     weights = current_weights(payload["model"])
     with torch.device("meta"):  # shapes only, no memory: a crafted config (hidden_size 20000) allocates nothing
-        check_compatible(_build_from_checkpoint(run_config.model, vocab, path).state_dict(), weights, path)
-    model = _build_from_checkpoint(run_config.model, vocab, path)  # now its weights are the checkpoint's size
+        check_compatible(build_captioner(run_config.model, vocab, path).state_dict(), weights, path)
+    model = build_captioner(run_config.model, vocab, path)  # now its weights are the checkpoint's size
     model.load_state_dict(weights)
     model.run_config = run_config
     model.decoding = run_config.eval.decoding()
@@ -182,10 +191,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cap
     return model.to(device).eval()
 
 
-def _build_from_checkpoint(config: ModelConfig, vocab: Vocabulary, path: str | Path) -> Captioner:
-    """The Captioner a checkpoint's model config describes; a config this code cannot build is named."""
+def build_captioner(config: ModelConfig, vocab: Vocabulary, path: str | Path) -> Captioner:
+    """The Captioner a checkpoint's (or release's) model config describes; one this code cannot build
+    is a CheckpointError naming `path`."""
     try:
         return Captioner(config, vocab)
     except (ConfigError, EncoderError, ValueError, TypeError, RuntimeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: the model config inside the checkpoint cannot be built ({reason})") from None
+        raise CheckpointError(f"{path}: the model config it holds cannot be built ({reason})") from None

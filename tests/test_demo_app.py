@@ -6,6 +6,7 @@ import io
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,11 +184,27 @@ def test_missing_checkpoint_exits_with_the_train_command(tmp_path, capsys):
     assert "none.pt not found" in error and "python train.py" in error
 
 
-def test_empty_runs_dir_exits_with_the_train_command(tmp_path, capsys):
+def test_with_no_run_the_demo_serves_the_shipped_photo_model(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from captioner.demo import app as demo
+    from captioner.release import DEFAULT_MODEL
+
+    served = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda app, **options: served.append(app))
+    assert demo.main(["--runs-dir", str(tmp_path)]) == 0 and len(served) == 1
+    catalog = demo.find_models(None, str(tmp_path), "cpu")
+    assert catalog.labels == [DEFAULT_MODEL]
+    assert "people, dogs and outdoor scenes" in model_summary(catalog.get(DEFAULT_MODEL), catalog.checkpoints[DEFAULT_MODEL])
+
+
+def test_with_nothing_to_serve_the_demo_exits_with_the_train_command(tmp_path, monkeypatch, capsys):
     from captioner.demo import app as demo
 
+    monkeypatch.setattr(demo, "shipped_models", lambda: [])
     assert demo.main(["--runs-dir", str(tmp_path)]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "no shipped model and no checkpoint" in error and "python train.py" in error
 
 
 # ---- pure helpers, no server ----
@@ -205,15 +222,20 @@ def test_find_checkpoints_prefers_best_and_reads_metrics(tmp_path, tiny_run):
     assert f"BLEU-4 {bleu4:.1f}" in summary and "test split" in summary
 
 
-def test_find_models_puts_the_default_first(tmp_path):
+def test_find_models_puts_the_photo_model_first_then_the_runs(tmp_path):
     from captioner.demo import app as demo
+    from captioner.release import DEFAULT_MODEL
 
     for run in ("a", "shapes"):
         (tmp_path / run).mkdir()
         (tmp_path / run / "best.pt").write_bytes(b"")
-    assert demo.find_models(None, str(tmp_path), "cpu").labels == ["shapes/best.pt", "a/best.pt"]
+        (tmp_path / run / "config.yaml").write_text(f"data: {{format: {'shapes' if run == 'shapes' else 'folder'}}}\n")
+    catalog = demo.find_models(None, str(tmp_path), "cpu")
+    assert catalog.labels == [DEFAULT_MODEL, "shapes/best.pt", "a/best.pt"]
+    examples = {Path(image).name: label for image, label in demo.example_rows(catalog)}
+    assert examples["photo_chelsea.jpg"] == DEFAULT_MODEL and examples["shapes_101.jpg"] == "shapes/best.pt"
     chosen = demo.find_models(str(tmp_path / "a" / "best.pt"), str(tmp_path), "cpu")
-    assert chosen.labels == ["a/best.pt", "shapes/best.pt"]
+    assert chosen.labels == ["a/best.pt", DEFAULT_MODEL, "shapes/best.pt"]
     with pytest.raises(DemoInputError, match="not one of the checkpoints"):
         chosen.get("/etc/passwd")
 

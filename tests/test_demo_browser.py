@@ -15,6 +15,7 @@ from conftest import REPO
 from captioner import load_checkpoint
 from captioner.demo.service import ModelCatalog
 from captioner.images import load_image
+from captioner.vocab import SPECIAL_TOKENS
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -81,3 +82,39 @@ def test_upload_caption_and_look_inside(page, tiny_run, tmp_path):
     assert expected in page.locator("#inside-caption").inner_text()
     page.screenshot(path=str(tmp_path / "inside_tab.png"), full_page=True)
     assert (tmp_path / "caption_tab.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def shipped_page_url(tmp_path_factory):
+    """The demo as `python demo.py` starts it with no run: the shipped photo model first."""
+    from captioner.demo import app as demo
+
+    catalog = demo.find_models(None, str(tmp_path_factory.mktemp("no-runs")), "cpu")
+    catalog.load_first(skip_unusable=False, log=print)
+    app = demo.build_app(catalog)
+    app.launch(**demo.launch_options(port=None), prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{app.server_port}/"
+    app.close()
+
+
+def test_the_first_screen_captions_a_photo_with_the_shipped_model(shipped_page_url):
+    from captioner.release import DEFAULT_MODEL, from_pretrained
+
+    image_path = REPO / "examples" / "images" / "photo_chelsea.jpg"
+    model = from_pretrained(DEFAULT_MODEL)
+    expected = model.caption([load_image(image_path)])[0]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(shipped_page_url)
+        assert "people, dogs and outdoor scenes" in page.locator("#model-summary").inner_text()
+        page.locator("#single-image input[type=file]").set_input_files(str(image_path))
+        page.locator("#single-image img").first.wait_for(state="visible")
+        page.locator("#caption-button").click()
+        caption_box = page.locator("#caption-text textarea")
+        page.wait_for_function("element => element.value.trim().length > 0", arg=caption_box.element_handle())
+        caption = caption_box.input_value()
+        browser.close()
+    assert caption == expected
+    assert set(caption.split()) <= set(model.vocab.words) - set(SPECIAL_TOKENS), caption

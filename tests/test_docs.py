@@ -9,7 +9,7 @@ from conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 QUICKSTART = ('pip install -c constraints.txt -e . && python train.py && python demo.py',
-              'pip install -c constraints.txt -e ".[test,pretrained]" && python -m pytest -q')
+              'pip install -c constraints.txt -e ".[test]" && python -m pytest -q')
 
 
 def test_readme_is_short_and_starts_with_the_two_commands():

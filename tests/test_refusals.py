@@ -81,7 +81,7 @@ def crafted(tmp_path: Path, **model_settings) -> Path:
 
 @pytest.mark.parametrize("settings, expected", [
     ({"backbone": "no_such_net"},
-     "the model config inside the checkpoint cannot be built (model.backbone='no_such_net'"),
+     "the model config it holds cannot be built (model.backbone='no_such_net'"),
     ({"hidden_size": 12000}, "has shape (192, 32) in the checkpoint, but the config and vocabulary give (48000, 32)"),
     ({"num_layers": -1}, "invalid config or vocabulary inside the checkpoint (model.num_layers=-1"),
 ])

@@ -7,6 +7,7 @@
     errors.py     every failed request answers with a one-line message; refusals log no traceback
 
 May import: captioner.attention_maps, captioner.checkpoint, captioner.decoding, captioner.devices,
-captioner.images, captioner.model, captioner.modes, captioner.replay.
+captioner.images, captioner.model, captioner.model_card, captioner.modes, captioner.release,
+captioner.release_format, captioner.replay.
 Nothing else in captioner imports the demo.
 """

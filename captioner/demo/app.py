@@ -1,6 +1,6 @@
 """Web demo: caption one image or many, see the beam's alternatives, where the model looked, and inside the LSTM.
 
-    python demo.py                                   # every checkpoint under runs/, a dropdown picks one
+    python demo.py                                   # the shipped photo model and every run under runs/
     python demo.py --checkpoint runs/shapes/best.pt --port 7860
     python demo.py --runs-dir /data/runs --host 0.0.0.0   # other machines may connect: your choice
     GRADIO_SERVER_PORT=7999 GRADIO_SERVER_NAME=0.0.0.0 python demo.py   # Gradio's own variables work too
@@ -48,6 +48,7 @@ from captioner.demo.service import (  # noqa: E402
     caption_pixels,
     caption_text,
     checkpoint_label,
+    dataset_format,
     find_checkpoints,
     model_summary,
     read_upload,
@@ -57,6 +58,7 @@ from captioner.demo.service import (  # noqa: E402
 from captioner.devices import DeviceError, available_device  # noqa: E402
 from captioner.images import ImageError  # noqa: E402
 from captioner.model import Captioner  # noqa: E402
+from captioner.release import DEFAULT_MODEL, release_directory, shipped_models  # noqa: E402
 
 TRAIN_COMMAND = "python train.py --config configs/shapes.yaml"
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "images"
@@ -171,7 +173,7 @@ def build_app(models: ModelCatalog | Captioner) -> gr.Blocks:
                     "or with soft attention Show, Attend and Tell.")
         with gr.Row():
             model = gr.Dropdown(catalog.labels, value=catalog.labels[0], scale=1, elem_id="model-choice",
-                                label="Model (checkpoints under the runs directory)")
+                                label="Model (the shipped ones and the runs' checkpoints)")
             summary = gr.Markdown(handlers.describe(catalog.labels[0]), elem_id="model-summary")
         with gr.Tab("Caption", id="caption-tab"):
             image, settings = _caption_tab(handlers, model)
@@ -184,14 +186,27 @@ def build_app(models: ModelCatalog | Captioner) -> gr.Blocks:
     return app
 
 
+def example_rows(catalog: ModelCatalog) -> list[list[str]]:
+    """[image, model label] for each example image, with the first model that can caption it: the
+    photos with a model trained on photos, the shapes scenes with one trained on them (else left out)."""
+    formats = {label: dataset_format(path) for label, path in catalog.checkpoints.items()}
+    photo_model = next((label for label, name in formats.items() if name not in (None, "shapes")), None)
+    shapes_model = next((label for label, name in formats.items() if name == "shapes"), None)
+    rows = []
+    for path in sorted(EXAMPLES_DIR.glob("*.jpg")):
+        label = shapes_model if path.name.startswith("shapes_") else photo_model
+        rows += [[str(path), label]] if label else []
+    return rows
+
+
 def _caption_tab(handlers: Handlers, model: gr.Dropdown) -> tuple[gr.Image, list]:
     with gr.Row():
         with gr.Column(scale=1):
             image = UploadedImage(type="filepath", label="Image (upload, drop or paste)", height=300,
                                   sources=["upload", "clipboard"], elem_id="single-image")
-            examples = sorted(path for path in EXAMPLES_DIR.glob("*.jpg"))
+            examples = example_rows(handlers.catalog)
             if examples:
-                gr.Examples([[str(path)] for path in examples], inputs=image, label="Examples")
+                gr.Examples(examples, inputs=[image, model], label="Examples (each with a model that knows it)")
         with gr.Column(scale=1):
             decoding = gr.Radio(list(DECODING_MODES), value=DECODING_MODES[0], label="Decoding")
             beam = gr.Slider(1, MAX_BEAM_SIZE, value=3, step=1, label="Beam size (beam search)")
@@ -257,23 +272,28 @@ def launch_options(host: str = DEFAULT_HOST, port: int | None = None) -> dict:
 
 
 def find_models(checkpoint: str | None, runs_dir: str, device: str) -> ModelCatalog:
-    """--checkpoint first (when given), then every run under --runs-dir."""
-    found = {checkpoint_label(path, runs_dir): path for path in find_checkpoints(runs_dir)}
+    """--checkpoint first (when given), then the shipped models (the photo model first), then every
+    run under --runs-dir (shapes/best.pt first)."""
+    runs = {checkpoint_label(path, runs_dir): path for path in find_checkpoints(runs_dir)}
+    if "shapes/best.pt" in runs:
+        runs = {"shapes/best.pt": runs.pop("shapes/best.pt"), **runs}
+    names = sorted(shipped_models(), key=lambda name: name != DEFAULT_MODEL)
+    found = {**{name: release_directory(name) for name in names}, **runs}
     if checkpoint:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint} not found")
-        found = {checkpoint_label(path, runs_dir): path, **found}
+        label = checkpoint_label(path, runs_dir)
+        found = {label: path, **{key: value for key, value in found.items() if key != label}}
     if not found:
-        raise FileNotFoundError(f"no checkpoint (best.pt or last.pt) found under {runs_dir}/")
-    default = "shapes/best.pt" if "shapes/best.pt" in found and not checkpoint else next(iter(found))
-    return ModelCatalog({default: found.pop(default), **found}, device=device)
+        raise FileNotFoundError(f"no shipped model and no checkpoint (best.pt or last.pt) under {runs_dir}/")
+    return ModelCatalog(found, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Caption images in a web page (Gradio).")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint to show first (default: runs/shapes/best.pt "
-                        "or the first run found under --runs-dir)")
+    parser.add_argument("--checkpoint", default=None, help=f"checkpoint to show first (default: the shipped "
+                        f"photo model, {DEFAULT_MODEL})")
     parser.add_argument("--runs-dir", default="runs",
                         help="offer every run's best.pt under this directory in a dropdown (default: %(default)s)")
     parser.add_argument("--host", default=None, help=f"address to bind (default: $GRADIO_SERVER_NAME, else "

@@ -1,5 +1,5 @@
-"""What the web demo needs around a checkpoint: find the runs, load and keep models, describe them,
-and turn one request (uploaded files + decoding settings) into captions.
+"""What the web demo needs around a checkpoint or a release: find the runs and the shipped models, load
+and keep models, describe them, and turn one request (uploaded files + decoding settings) into captions.
 
 No Gradio here: every function takes and returns plain values, so it is tested without a server.
 Uploads are decoded only by `captioner.images.load_image`, the loader training uses (pixel cap,
@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 from PIL import Image
 
 from captioner.checkpoint import CheckpointError
 from captioner.decoding import Decoding, Generation
 from captioner.images import ImageError, load_image
 from captioner.model import Captioner, load_checkpoint
+from captioner.model_card import DATASET_TERMS
 from captioner.modes import evaluating
+from captioner.release import from_pretrained
+from captioner.release_format import CONFIG_FILE
 
 DECODING_MODES = ("beam search", "greedy", "sampling")
 MAX_BEAM_SIZE = 10
@@ -61,6 +65,22 @@ def find_checkpoints(runs_dir: str | Path) -> list[Path]:
     found = {path.parent: path for path in root.rglob("last.pt")}
     found.update({path.parent: path for path in root.rglob("best.pt")})
     return sorted(found.values())
+
+
+def load_model(path: Path, device: str = "cpu") -> Captioner:
+    """A release directory (captioner/release.py) or a checkpoint file, ready to caption."""
+    return from_pretrained(path, device=device) if path.is_dir() else load_checkpoint(path, device=device)
+
+
+def dataset_format(path: Path) -> str | None:
+    """The data.format a model was trained on, read cheaply (no weights): from a release's config.json
+    or from the config.yaml beside a run's checkpoint; None when neither says."""
+    try:
+        if path.is_dir():
+            return json.loads((path / CONFIG_FILE).read_text())["training"]["data"]["format"]
+        return yaml.safe_load((path.parent / "config.yaml").read_text())["data"]["format"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
 
 
 def checkpoint_label(path: Path, runs_dir: str | Path) -> str:
@@ -114,7 +134,7 @@ class ModelCatalog:
             raise DemoInputError(f"model: {str(label)[:80]!r} is not one of the checkpoints this demo serves")
         with self._lock:  # two requests for the same new model load it once
             if label not in self._loaded:
-                self._loaded[label] = load_checkpoint(self.checkpoints[label], device=self.device)
+                self._loaded[label] = load_model(self.checkpoints[label], device=self.device)
                 while len(self._loaded) > self.keep:
                     self._loaded.popitem(last=False)
             self._loaded.move_to_end(label)
@@ -181,7 +201,8 @@ def model_summary(model: Captioner, checkpoint: Path) -> str:
     """Markdown: architecture, data, scores, and in plain words what this model can describe."""
     config, data = model.config, model.run_config.data if model.run_config else None
     attention = " with soft attention" if config.attention else ""
-    lines = [f"**Model** `{checkpoint.parent.name}/{checkpoint.name}`: {config.backbone} encoder → "
+    name = f"`{checkpoint.name}` (a release)" if checkpoint.is_dir() else f"`{checkpoint.parent.name}/{checkpoint.name}`"
+    lines = [f"**Model** {name}: {config.backbone} encoder → "
              f"{config.num_layers}-layer **{config.cell}** decoder{attention} "
              f"(E={config.embed_size}, H={config.hidden_size}, {len(model.vocab)} words).",
              f"**Trained on** the `{data.format}` dataset ({Path(data.root).name})." if data else "",
@@ -206,5 +227,6 @@ def what_it_describes(dataset_format: str) -> str:
                 "squares, triangles and diamonds on a plain background, **not photos**. A photo gets a "
                 "caption about shapes. To caption photos, train on a photo dataset: see the README section "
                 f"*{README_PHOTO_SECTION}*.")
-    return (f"This model was trained on `{dataset_format}` photos: it describes everyday scenes with that "
-            "dataset's vocabulary; images far from its training data get less reliable captions.")
+    domain = DATASET_TERMS[dataset_format][0] if dataset_format in DATASET_TERMS else "everyday scenes"
+    return (f"This model was trained on `{dataset_format}` data ({domain}): it describes such images in that "
+            "dataset's words, and images far from them get wrong captions.")
