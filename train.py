@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if not trainer.cluster.is_main:  # under torchrun, rank 0 prints the result
         return 0
     print(metric_table(metrics))
-    print(f"best checkpoint: {trainer.run_dir / 'best.pt'}")
+    if (trainer.run_dir / "best.pt").is_file():  # none when no epoch was validated (train.epochs=0)
+        print(f"best checkpoint: {trainer.run_dir / 'best.pt'}")
     print(f"test metrics:    {trainer.run_dir / 'metrics.json'}")
     print(trainer.run_dir)  # the last line: where everything is
     return 0

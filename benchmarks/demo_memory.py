@@ -2,12 +2,14 @@
 
     python benchmarks/demo_memory.py                          # untrained default model, 4 uploads at once
     python benchmarks/demo_memory.py --checkpoint runs/shapes/best.pt --uploads 8 --output demo_memory.json
+    python benchmarks/demo_memory.py --batch 16      # one /caption_batch request with 16 such files
 
 The worst case is a small file that decodes to as many pixels as the loader accepts: a 6300 x 6300
 RGBA PNG of one colour at half transparency (39.7 megapixels, under the 40 MP cap; about 170 KB), so
 every request decodes 160 MB of RGBA and composites it on white. The benchmark starts the real demo
 (`python demo.py --checkpoint ... --threads 1`) in a child process, sends --uploads requests at the same
-moment through `gradio_client` (`/caption`, beam 3), waits for every answer, and reads the demo
+moment through `gradio_client` (`/caption`, beam 3), or with --batch N one `/caption_batch` request
+holding N copies of the file, waits for every answer, and reads the demo
 process's peak RSS (VmHWM in /proc) before and after. Without --checkpoint, the default config
 (configs/shapes.yaml) is built untrained and saved to a temporary checkpoint: memory does not depend on
 the weights' values. Prints a Markdown table and writes the numbers as JSON (--output).
@@ -108,17 +110,36 @@ def send_at_once(port: int, image: Path, uploads: int) -> tuple[list[str], float
     return answers, time.perf_counter() - started
 
 
-def measure(checkpoint: Path, image: Path, uploads: int) -> dict:
+def send_batch(port: int, image: Path, files: int) -> tuple[list[str], float]:
+    """One `/caption_batch` request with `files` copies of `image`; (its notes or error, seconds)."""
+    from gradio_client import Client, handle_file
+
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    copies = []
+    for index in range(files):  # distinct names, as a user's files would have
+        copy = image.with_name(f"copy{index}.png")
+        copy.write_bytes(image.read_bytes())
+        copies.append(handle_file(str(copy)))
+    started = time.perf_counter()
+    try:
+        gallery, notes = client.predict(copies, 1, api_name="/caption_batch")
+        answer = f"{len(gallery)} captioned; {notes.splitlines()[0][:120]}"
+    except Exception as error:  # a refusal is an answer too; the benchmark reports it
+        answer = f"error: {error}"
+    return [answer], time.perf_counter() - started
+
+
+def measure(checkpoint: Path, image: Path, uploads: int, batch: int = 0) -> dict:
     port = free_port()
     demo = start_demo(checkpoint, port)
     try:
         idle = memory_mb(demo.pid)
-        answers, seconds = send_at_once(port, image, uploads)
+        answers, seconds = send_batch(port, image, batch) if batch else send_at_once(port, image, uploads)
         busy = memory_mb(demo.pid)
     finally:
         demo.terminate()
         demo.wait(timeout=30)
-    return {"uploads": uploads, "image": f"{SIDE}x{SIDE} RGBA PNG, {image.stat().st_size / 1024:.0f} KB",
+    return {"uploads": batch or uploads, "batch": bool(batch), "image": f"{SIDE}x{SIDE} RGBA PNG, {image.stat().st_size / 1024:.0f} KB",
             "idle_rss_mb": round(idle["rss"], 1), "idle_peak_mb": round(idle["peak"], 1),
             "peak_rss_mb": round(busy["peak"], 1), "seconds": round(seconds, 2), "answers": answers}
 
@@ -128,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint to serve (default: the default config, untrained)")
     parser.add_argument("--uploads", type=int, default=4, help="requests sent at the same moment (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="instead, one /caption_batch request with this many copies of the file")
     parser.add_argument("--output", default=None, help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         checkpoint = Path(args.checkpoint) if args.checkpoint else untrained_checkpoint(folder / "demo" / "best.pt")
-        result = measure(checkpoint, worst_case_png(folder / "worst.png"), args.uploads)
+        result = measure(checkpoint, worst_case_png(folder / "worst.png"), args.uploads, args.batch)
     print(f"| uploads at once | image | idle RSS MB | peak RSS MB | seconds for all |\n|---|---|---|---|---|\n"
           f"| {result['uploads']} | {result['image']} | {result['idle_rss_mb']} | **{result['peak_rss_mb']}** | "
           f"{result['seconds']} |")

@@ -10,9 +10,14 @@ Each PATH is a file, a folder (searched recursively for image files) or a glob p
 is read by the project's one loader (`captioner.images.load_image`) and batches go through
 `Captioner.generate`, the generate() of validation, evaluation and the demo. Output on stdout:
 `file<TAB>caption` (text, default), one JSON object per image with the alternatives and their
-log-probabilities (jsonl), or a CSV with a header row (csv). A file that cannot be read or decoded
-gets one line on stderr naming it, and the others go on. Exit status: 0 all captioned, 1 some file
-failed, 2 nothing could start (bad checkpoint, release or option).
+log-probabilities (jsonl), or a CSV with a header row (csv). In the text format a file name that holds
+a tab, a newline or another unprintable character, starts with `"`, or cannot be written in stdout's
+encoding is written as a JSON string ("a\\nb.jpg"), so every line is one record; jsonl and csv quote
+by their own rules. A file that cannot be read or decoded (a FIFO or a device is not read) gets one
+line on stderr naming it, and the others go on. Exit status: 0 all captioned, 1 some file failed,
+2 nothing could start (bad checkpoint, release or option), 4 the output could not be written (a full disk);
+a reader that closes the pipe early (`| head -1`) ends the command quietly with 141, as it would a
+standard Unix tool.
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from captioner.checkpoint import CheckpointError  # noqa: E402
+from captioner.cli import OneLineParser, check_numbers  # noqa: E402
+from captioner.config import RANGES  # noqa: E402
 from captioner.decoding import Decoding, Generation  # noqa: E402
 from captioner.images import ImageError, load_image  # noqa: E402
 from captioner.model import Captioner, load_checkpoint  # noqa: E402
@@ -40,7 +47,20 @@ from captioner.release import DEFAULT_MODEL, from_pretrained  # noqa: E402
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")  # what a folder search keeps
 FORMATS = ("text", "jsonl", "csv")
 PROGRESS_FROM = 50  # images: fewer than this and no progress bar is drawn
-EXIT_SOME_FAILED, EXIT_REFUSED = 1, 2
+EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_WRITE_FAILED, EXIT_CLOSED_PIPE = 1, 2, 4, 141
+# Every number the command takes, with its interval (RANGES notation): the config key's own range in
+# RANGES where the option sets that key, so the command and a config file accept the same values.
+OPTION_RANGES = {"beam_size": RANGES["eval.beam_size"], "max_length": RANGES["eval.max_length"],
+                 "no_repeat_ngram_size": RANGES["eval.no_repeat_ngram_size"], "batch_size": RANGES["eval.batch_size"],
+                 "threads": RANGES["train.threads"], "temperature": "[0, 100]", "seed": "[0, 4294967295]"}
+
+
+class Refusal(Exception):
+    """The command cannot start (exit 2); the message is one line."""
+
+
+class OutputError(Exception):
+    """The captions or the attention maps could not be written (exit 4); the message is one line."""
 
 
 @dataclass
@@ -62,14 +82,15 @@ def find_images(paths: list[str]) -> tuple[list[str], list[str]]:
     for path in paths:
         if os.path.isdir(path):
             files = sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            errors += [] if files else [f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"]
+            suffixes = ", ".join(IMAGE_SUFFIXES)
+            errors += [] if files else [f"{shown_name(path)}: no image files ({suffixes}) in this folder"]
         elif os.path.exists(path):
             files = [path]
         elif glob.has_magic(path):
             files = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
-            errors += [] if files else [f"{path}: no file matches this pattern"]
+            errors += [] if files else [f"{shown_name(path)}: no file matches this pattern"]
         else:
-            files, errors = [], errors + [f"{path}: no such file or folder"]
+            files, errors = [], errors + [f"{shown_name(path)}: no such file or folder"]
         found += [file for file in files if file not in found]
     return found, errors
 
@@ -90,7 +111,7 @@ def caption_files(model: Captioner, files: list[str], decoding: Decoding, batch_
         images, names = [], []
         for file in chunk:
             try:
-                images.append(load_image(file, name=file))
+                images.append(load_image(file, name=shown_name(file)))
                 names.append(file)
             except (ImageError, OSError) as error:
                 report_error(f"error: {_one_line(error)}")
@@ -116,6 +137,15 @@ class Writer:
             self.csv.writerow(["file", "caption", "log_prob"])
 
     def write(self, result: Captioned) -> None:
+        """One record; a closed pipe raises BrokenPipeError, any other failed write an OutputError."""
+        try:
+            self._write(result)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise OutputError(f"cannot write the captions to stdout ({error.strerror or error})") from None
+
+    def _write(self, result: Captioned) -> None:
         if self.format_name == "jsonl":
             alternatives = [{"caption": caption, "log_prob": round(log_prob, 4), "finished": finished}
                             for caption, log_prob, finished in zip(result.captions, result.log_probs, result.finished)]
@@ -125,8 +155,21 @@ class Writer:
         elif self.csv is not None:
             self.csv.writerow([result.file, result.captions[0], round(result.log_probs[0], 4)])
         else:
-            self.stream.write(f"{result.file}\t{result.captions[0]}\n")
+            self.stream.write(f"{shown_name(result.file, self.stream.encoding)}\t{result.captions[0]}\n")
         self.stream.flush()
+
+
+def shown_name(name: str, encoding: str | None = None) -> str:
+    """`name` as one line of text output and of stderr: itself, or a JSON string (ASCII) when it holds a
+    tab, a newline or another unprintable character (a non-UTF-8 byte too), starts with a quote, or
+    cannot be encoded in `encoding`: a file name never forges a second record."""
+    plain = name.isprintable() and not name.startswith('"')
+    if plain:
+        try:
+            name.encode(encoding or "utf-8")
+        except UnicodeEncodeError:
+            plain = False
+    return name if plain else json.dumps(name)
 
 
 def command_line_decoding(args: argparse.Namespace, model: Captioner) -> Decoding:
@@ -141,7 +184,7 @@ def command_line_decoding(args: argparse.Namespace, model: Captioner) -> Decodin
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m captioner.caption", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="python -m captioner.caption", description=__doc__.split("\n\n")[0],
                                      epilog="Exit status: 0 all captioned, 1 some file failed, 2 refused.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     source = parser.add_mutually_exclusive_group()
@@ -166,11 +209,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--attention-maps", metavar="DIR", default=None,
                         help="also write, per image, a PNG of each word's attention over the image into DIR")
     args = parser.parse_args(argv)
-    for name, least in (("beam_size", 1), ("max_length", 1), ("batch_size", 1)):
-        if getattr(args, name) is not None and getattr(args, name) < least:
-            parser.error(f"--{name.replace('_', '-')}: expected an integer >= {least}, got {getattr(args, name)}")
-    if args.temperature < 0:
-        parser.error(f"--temperature: expected a number >= 0, got {args.temperature}")
+    check_numbers(parser, args, OPTION_RANGES)
     problem = device_problem(args.device)
     if problem:
         parser.error(problem)
@@ -190,6 +229,30 @@ def device_problem(name: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # csv and jsonl names in any encoding: never a UnicodeEncodeError
+        sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        return caption_command(args)
+    except BrokenPipeError:  # the reader is gone (`| head -1`): stop quietly, as standard tools do
+        _discard_stdout()
+        return EXIT_CLOSED_PIPE
+    except OutputError as error:
+        _discard_stdout()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what is left cannot fail again."""
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (a caller's StringIO): nothing is flushed at exit
+        pass
+
+
+def caption_command(args: argparse.Namespace) -> int:
+    """The command after its options are checked: load, find, caption, write."""
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -197,17 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             model = load_checkpoint(args.checkpoint, device=args.device)
         else:
             model = from_pretrained(args.model or DEFAULT_MODEL, device=args.device)
-    except CheckpointError as error:
+        source = args.checkpoint or args.model or DEFAULT_MODEL
+        maps = AttentionMapWriter(model, source, Path(args.attention_maps)) if args.attention_maps else None
+    except (CheckpointError, Refusal) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_REFUSED
-    maps = None
-    if args.attention_maps:
-        from captioner.attention_maps import NO_ATTENTION, has_attention  # matplotlib only when maps are asked for
-
-        if not has_attention(model):
-            print(f"error: --attention-maps: {args.checkpoint or args.model or DEFAULT_MODEL}: {NO_ATTENTION}", file=sys.stderr)
-            return EXIT_REFUSED
-        maps = AttentionMapWriter(model, Path(args.attention_maps))
     files, errors = find_images(args.paths)
     bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=len(files) < PROGRESS_FROM or None)
     for line in errors:
@@ -232,18 +289,30 @@ def main(argv: list[str] | None = None) -> int:
 class AttentionMapWriter:
     """`--attention-maps DIR`: one PNG per captioned image, DIR/<file stem>.png (-2, -3 ... on a clash)."""
 
-    def __init__(self, model: Captioner, folder: Path) -> None:
-        from captioner import attention_maps
+    def __init__(self, model: Captioner, source: str, folder: Path) -> None:
+        """Refusal, before any image is read, for a model without attention or a folder that cannot be made."""
+        from captioner import attention_maps  # matplotlib only when maps are asked for
 
+        if not attention_maps.has_attention(model):
+            raise Refusal(f"--attention-maps: {source}: {attention_maps.NO_ATTENTION}")
         self.model, self.folder, self.maps = model, folder, attention_maps
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise Refusal(f"--attention-maps {folder}: a file is in the way; name a folder") from None
+        except OSError as error:
+            raise Refusal(f"--attention-maps {folder}: cannot create the folder ({error.strerror})") from None
         self.used: set[str] = set()
 
     def write(self, files: list[str], pixels: torch.Tensor, generations: list[Generation]) -> None:
         for index, (file, generation) in enumerate(zip(files, generations)):
             trace = self.maps.trace_attention(self.model, pixels[index : index + 1], generation.token_ids[0],
                                               generation.finished[0])
-            self.maps.save_attention_figure(trace, self.folder / self.name_for(file))
+            path = self.folder / self.name_for(file)
+            try:
+                self.maps.save_attention_figure(trace, path)
+            except OSError as error:
+                raise OutputError(f"--attention-maps: cannot write {path} ({error.strerror or error})") from None
 
     def name_for(self, file: str) -> str:
         stem, number = Path(file).stem, 1

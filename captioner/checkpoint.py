@@ -69,7 +69,19 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version}, this captioner reads version {FORMAT_VERSION}")
+    check_weights(payload["model"], path)
     return payload
+
+
+def check_weights(weights: Any, path: str | Path) -> None:
+    """A checkpoint's 'model' entry must be a dict of finite tensors: anything else is named, so a
+    crafted or NaN-trained file is refused at load instead of crashing later or captioning "are"."""
+    if not isinstance(weights, dict) or not all(isinstance(name, str) and isinstance(value, torch.Tensor)
+                                                for name, value in weights.items()):
+        raise CheckpointError(f"{path}: not a captioner checkpoint (its 'model' entry is not a dict of tensors)")
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or infinite values; the checkpoint cannot be used")
 
 
 def _verify_checksums(path: Path) -> None:

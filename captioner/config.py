@@ -166,7 +166,7 @@ RANGES: dict[str, str] = {
     "train.grad_clip": "[0, inf)", "train.label_smoothing": "[0, 1)", "train.scheduled_sampling": "[0, 1]",
     "train.self_critical_epochs": "[0, inf)", "train.self_critical_learning_rate": "(0, inf)",
     "train.self_critical_samples": "[2, inf)",  # each sample's baseline is the mean of the others
-    "train.num_workers": "[0, inf)", "train.threads": "[0, inf)",
+    "train.num_workers": "[0, 256]", "train.threads": "[0, 1024]",  # a process, a thread each: not 100,000
     "train.val_max_images": "[0, inf)", "train.log_every": "[1, inf)",
     "eval.beam_size": "[1, inf)", "eval.val_beam_size": "[1, inf)", "eval.max_length": "[1, inf)",
     "eval.no_repeat_ngram_size": "[0, inf)", "eval.batch_size": "[1, inf)",
@@ -235,6 +235,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as error:  # includes !!python/... tags, which safe_load refuses
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"{path}: not a plain YAML config ({first_line})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a plain YAML config (nested too deeply)") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -248,7 +250,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw  # an unparseable value is taken as a string; the type check decides
     return key.strip(), value
 
@@ -264,7 +266,7 @@ def _set_dotted(values: dict[str, Any], keys: list[str], value: Any) -> None:
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {values!r:.80}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -295,5 +297,5 @@ def _check_type(value: Any, expected: Any, path: str) -> Any:
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. device=0 or a numeric run name
     if type(value) is not expected:
-        raise ConfigError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r:.80}")
     return value

@@ -30,7 +30,7 @@ def read_report(argument: str) -> tuple[dict[Key, dict[str, float]], dict[Key, l
     try:
         report = json.loads(Path(path).read_text())
         runs = report["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise ValueError(f"{path}: not a captioner.crossval report ({error})") from error
     variant = variant or CONFIG_DECODING
     if runs and variant not in runs[0]["scores"]:

@@ -5,6 +5,9 @@ captions always come from `Captioner.generate`, never from teacher forcing.
 Command line (evaluate an existing checkpoint on a split):
 
     python -m captioner.evaluation --checkpoint runs/shapes/best.pt --split test --beam-size 3
+
+Exit status: 0 done, 2 refused (a bad option, checkpoint or dataset, before anything is evaluated),
+4 the --output file could not be written (e.g. a full disk; the metrics were printed).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from typing import Any, Sequence
 import torch
 
 from captioner.checkpoint import CheckpointError
-from captioner.config import ConfigError
+from captioner.cli import OneLineParser, check_numbers
+from captioner.config import RANGES, ConfigError
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.paths import shown_path
@@ -40,6 +44,10 @@ from captioner.model import Captioner, load_checkpoint
 from captioner.modes import evaluating
 from captioner.vocab import tokenize
 
+EXIT_WRITE_FAILED = 4  # as train.py: a write failed (the evaluation itself was done)
+OPTION_KEYS = {"beam_size": "eval.beam_size", "max_length": "eval.max_length",  # each flag sets this key:
+               "no_repeat_ngram_size": "eval.no_repeat_ngram_size",  # checked against its range in RANGES
+               "content_word_repeat_penalty": "eval.content_word_repeat_penalty", "length_penalty": "eval.length_penalty"}
 RECORDED_DECODING = ("beam_size", "no_repeat_ngram_size", "no_repeat_content_words", "content_word_repeat_penalty",
                      "allow_unknown_word", "length_penalty")  # the decoding settings metrics.json names
 
@@ -113,7 +121,7 @@ def _say_once(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on a dataset split "
+    parser = OneLineParser(description="Evaluate a checkpoint on a dataset split "
                                      "(BLEU-1..4, METEOR, ROUGE-L, CIDEr-D).")
     parser.add_argument("--checkpoint", required=True, help="path to a .pt checkpoint written by train.py")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to caption")
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="write metrics and captions to this JSON file")
     parser.add_argument("--no-meteor", action="store_true", help="leave METEOR out (it needs Java and starts it)")
     args = parser.parse_args(argv)
+    check_numbers(parser, args, {name: RANGES[key] for name, key in OPTION_KEYS.items()})
     refusal = check_arguments(args)
     if refusal:
         parser.error(refusal)  # one line, exit 2, before the checkpoint is read
@@ -158,17 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         examples = [{"image": shown_path(r.path, data_config.root), "generated": c, "references": list(r.captions)}
                     for r, c in zip(records, captions)]
-        write_atomically(args.output, json.dumps({"metrics": metrics, "captions": examples}, indent=2).encode())
+        if not write_output(args.output, {"metrics": metrics, "captions": examples}):
+            return EXIT_WRITE_FAILED
         print(f"metrics and captions: {args.output}")
     return 0
 
 
+def write_output(path: str, content: dict[str, Any]) -> bool:
+    """`content` as JSON at `path`, atomically. A failed write (a full disk after all the work) is one
+    line on stderr and False: the metrics are on stdout already, and no partial file is left."""
+    try:
+        write_atomically(path, json.dumps(content, indent=2).encode())
+    except OSError as error:
+        print(f"error: --output {path}: could not write it ({error.strerror or error}); the metrics are printed "
+              "above", file=sys.stderr)
+        return False
+    return True
+
+
 def check_arguments(args: argparse.Namespace) -> str | None:
-    """What is wrong with the command's numbers or --output, as one line, or None."""
-    for flag, value, lowest in (("--beam-size", args.beam_size, 1), ("--max-length", args.max_length, 1),
-                                ("--no-repeat-ngram-size", args.no_repeat_ngram_size, 0)):
-        if value is not None and value < lowest:
-            return f"{flag} {value}: expected an integer >= {lowest}"
+    """What is wrong with --output, as one line, or None."""
     if args.output:
         output = Path(args.output)
         if output.is_dir():

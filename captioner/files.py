@@ -28,8 +28,11 @@ NEW_FILE_MODE = 0o666  # before the umask, as open(path, "w") gives
 class WriteError(OSError):
     """A file could not be written (a full disk, a vanished folder); the file there before is kept."""
 
-    def __str__(self) -> str:
-        return str(self.strerror)  # one line that names the file, without OSError's "[Errno N]"
+    def __init__(self, error: OSError, path: Path) -> None:
+        super().__init__(error.errno, error.strerror or str(error), str(path))  # strerror: the system's reason
+
+    def __str__(self) -> str:  # one line that names the file, without OSError's "[Errno N]"
+        return f"could not write {self.filename} ({self.strerror}); the file there before is kept"
 
 
 def write_atomically(path: str | Path, content: Content) -> None:
@@ -54,8 +57,7 @@ def write_atomically(path: str | Path, content: Content) -> None:
     except BaseException as error:
         temporary.unlink(missing_ok=True)
         if isinstance(error, OSError) and not isinstance(error, WriteError):
-            raise WriteError(error.errno, f"could not write {path} ({error.strerror or error}); "
-                             "the file there before is kept") from error
+            raise WriteError(error, path) from error
         raise
 
 
@@ -68,4 +70,4 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue  # another writer drew the same name: draw again
         except OSError as error:
-            raise WriteError(error.errno, f"could not write {path} ({error.strerror or error})") from error
+            raise WriteError(error, path) from error

@@ -5,6 +5,8 @@ through the same decode path (STYLE habit 8: a train/inference preprocessing mis
 commonest cause of "the same caption for every image"). The demo feeds it untrusted uploads, so
 decoding is defensive, in this order:
 
+0. Only a regular file is read: a FIFO, a pipe (`/dev/stdin` fed by `cat`), a device or a folder is
+   refused by what it is, never waited on or read without end.
 1. Only JPEG, PNG, GIF, BMP, WEBP and TIFF are tried (`Image.open(formats=...)`); the format comes
    from the bytes, never from the file extension.
 2. Width x height is read from the header and checked against `max_pixels` and `max_aspect_ratio`
@@ -33,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import threading
 import warnings
 from typing import BinaryIO, Union
@@ -98,16 +101,37 @@ def _open_stream(source: object, name: str) -> BinaryIO:
         return io.BytesIO(source)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"load_image expects a path, bytes or a PIL image, got {type(source).__name__}")
-    try:
-        stream = open(source, "rb")
+    try:  # O_NONBLOCK: a FIFO opens at once (and is refused below) instead of waiting for a writer
+        descriptor = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         raise ImageError(f"{name}: file not found") from None
-    except OSError as error:  # a directory, no permission, ...; the OS message would name the path
+    except OSError as error:  # no permission, ...; the OS message would name the path
         raise ImageError(f"{name}: cannot read the file ({type(error).__name__})") from None
-    if os.fstat(stream.fileno()).st_size == 0:
-        stream.close()
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):  # a pipe (/dev/stdin), a device, a folder: no size, maybe no end
+        os.close(descriptor)
+        raise ImageError(f"{name}: not a regular file ({_file_kind(status.st_mode)}); only image files are read")
+    if status.st_size == 0:
+        os.close(descriptor)
         raise ImageError(f"{name}: the image is empty (0 bytes)")
-    return stream
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe or FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a plain file")
+
+
+def read_size(source: str | os.PathLike[str], *, name: str | None = None) -> tuple[int, int]:
+    """(width, height) as the file's header declares them, read the way `load_image` reads it, with no
+    pixel decoded: what a caller with a pixel budget checks before it decodes."""
+    display_name = _display_name(source, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _open_stream(source, display_name) as stream:
+            return _open_header(stream, display_name).size
 
 
 def _open_header(stream: BinaryIO, name: str) -> Image.Image:

@@ -187,7 +187,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cap
     model.load_state_dict(weights)
     model.run_config = run_config
     model.decoding = run_config.eval.decoding()
-    model.metrics = payload.get("metrics", {})
+    metrics = payload.get("metrics", {})
+    model.metrics = metrics if isinstance(metrics, dict) else {}  # read by the demo's summary
     return model.to(device).eval()
 
 

@@ -181,7 +181,7 @@ class Vocabulary:
         path = Path(path)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise VocabularyError(f"{path}: not a JSON vocabulary file ({error})") from None
         return cls.from_dict(values, source=str(path))
 

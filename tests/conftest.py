@@ -44,6 +44,7 @@ def tiny_run(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(run_dir)
     (root / "stdout.txt").write_text(result.stdout)  # what the user saw (tests/test_train.py reads it)
+    (root / "stderr.txt").write_text(result.stderr)  # a log file, not a terminal (tests/test_resume.py reads it)
     return run_dir
 
 

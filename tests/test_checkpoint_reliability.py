@@ -23,7 +23,7 @@ from captioner import CheckpointError, load_checkpoint
 from captioner.checkpoint import save_checkpoint
 from captioner.config import load_config, to_dict
 from captioner.evaluation import main as evaluation_main
-from captioner.training.progress import check_same_model, resume_target
+from captioner.training.progress import check_resume_changes, resume_target
 from captioner.vocab import Vocabulary
 
 CONFIG = str(REPO / "configs/shapes.yaml")
@@ -111,10 +111,10 @@ def test_a_checkpoint_from_before_a_model_key_existed_still_resumes(tmp_path):
     config = load_config(CONFIG, tiny_overrides(tmp_path / "data", tmp_path / "run"))
     saved = to_dict(config)
     del saved["model"]["image_size"]
-    check_same_model(saved, config, "old.pt")  # no error
+    check_resume_changes({"config": saved}, config, "old.pt")  # no error
     saved["model"]["hidden_size"] += 1
     with pytest.raises(CheckpointError, match="old.pt: model.hidden_size is 49 in the checkpoint but 48"):
-        check_same_model(saved, config, "old.pt")
+        check_resume_changes({"config": saved}, config, "old.pt")
 
 
 def test_resume_directory_means_its_last_pt(tmp_path):

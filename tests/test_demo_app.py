@@ -24,10 +24,9 @@ from captioner.demo.service import (
     caption_images,
     find_checkpoints,
     model_summary,
-    read_upload,
-    read_uploads,
     requested_decoding,
 )
+from captioner.demo.uploads import read_batch, read_upload
 from captioner.images import load_image
 from captioner.model import Captioner
 from captioner.vocab import Vocabulary
@@ -251,15 +250,17 @@ def test_a_request_changes_the_model_decoding_within_limits():
             requested_decoding(model, **bad)
 
 
-def test_read_uploads_skips_bad_files_and_bounds_the_batch(tmp_path):
+def test_read_batch_skips_bad_files_and_bounds_the_batch(tmp_path):
     good = scene_file(tmp_path, "good.png")
     (tmp_path / "bad.png").write_bytes(b"GIF89a broken")
-    images, names, skipped = read_uploads([str(good), str(tmp_path / "bad.png")])
-    assert names == ["good.png"] and images[0].mode == "RGB" and len(skipped) == 1 and skipped[0].startswith("bad.png")
+    model = tiny_model("lstm")
+    batch = read_batch(model, [str(good), str(tmp_path / "bad.png")])
+    assert batch.names == ["good.png"] and len(batch.skipped) == 1 and batch.skipped[0].startswith("bad.png")
+    assert torch.equal(batch.pixels, model.pixels([load_image(good)])) and batch.thumbnails[0].mode == "RGB"
     with pytest.raises(DemoInputError, match="at most 16 images"):
-        read_uploads([str(good)] * 17)
+        read_batch(model, [str(good)] * 17)
     with pytest.raises(DemoInputError, match="upload one or more"):
-        read_uploads([])
+        read_batch(model, [])
 
 
 def tiny_model(cell: str, num_layers: int = 2, attention: bool = False) -> Captioner:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def test_upload_cache_is_cleaned_on_a_schedule(served):
 
 def call(url: str, api: str, data: list) -> str:
     """A raw API call (what a script without gradio_client sends): the event stream's text."""
-    event = requests.post(f"{url}/gradio_api/call/{api}", json={"data": data}, timeout=30).json()["event_id"]
+    body = json.dumps({"data": data})  # allow_nan: what a script may send, though JSON has no NaN
+    event = requests.post(f"{url}/gradio_api/call/{api}", data=body, headers={"Content-Type": "application/json"},
+                          timeout=30).json()["event_id"]
     return requests.get(f"{url}/gradio_api/call/{api}/{event}", timeout=60).text
 
 
@@ -92,7 +95,9 @@ def test_refusals_carry_their_message_and_log_no_traceback(served, capfd):
         "didn't receive enough input values (needed: 6, got: 1)": [good],
         "Value 99 is greater than maximum value 10": [good, 99, *settings[1:]],
         "is not in the list of choices": [good, *settings[:-1], "elsewhere/best.pt"],
-        "was not uploaded by a user": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, *settings],
+        "was not uploaded to this demo": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, *settings],
+        "invalid request: a file input names a file that was not uploaded to this demo": [{"path": "x.jpg", "meta": {"_type": "gradio.FileData"}}, *settings],
+        "beam size: expected a number, got nan": [good, float("nan"), *settings[1:]],  # raw JSON NaN passes the slider
     }
     capfd.readouterr()
     for expected, data in cases.items():
@@ -100,6 +105,11 @@ def test_refusals_carry_their_message_and_log_no_traceback(served, capfd):
         assert stream.startswith("event: error"), stream[:200]
         message = json.loads(stream.split("data:", 1)[1])["error"]
         assert isinstance(message, str) and expected in message and "\n" not in message, (expected, message)
+        assert os.getcwd() not in message and "/tmp" not in message, message  # no server path, ever
+    deep = "[" * 100_000 + "]" * 100_000  # JSON nested 100,000 levels: refused by the parser, not a RecursionError
+    response = requests.post(f"{url}/gradio_api/call/caption", data=f'{{"data": [{deep}]}}', timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "Traceback" not in response.text
     log = capfd.readouterr()
     assert "Traceback" not in log.err + log.out
 
@@ -133,3 +143,55 @@ def test_one_broken_checkpoint_under_runs_dir_does_not_stop_the_demo(untrained_c
     (runs / "b-good" / "best.pt").write_bytes(b"not a zip")  # now none loads: refused, naming the last one
     assert demo.main(["--runs-dir", str(runs)]) == 2 and len(launched) == 1
     assert "b-good/best.pt: checkpoint is damaged" in capsys.readouterr().err
+
+
+def noise_png(path: Path, size: tuple[int, int], seed: int) -> Path:
+    """Random pixels: the PNG stays about as large as the raw RGB (no compression to speak of)."""
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_a_batch_is_read_one_image_at_a_time_within_a_pixel_budget(served, tmp_path, monkeypatch):
+    """/caption_batch kept every decoded upload alive and copied each for its thumbnail (16 uploads of a
+    40 MP PNG: 3.6 GB). Now, whenever an upload is decoded, every earlier one is a thumbnail already;
+    and uploads past the request's pixel budget are skipped, each named."""
+    from captioner.demo import uploads
+
+    url, _ = served
+    decoded: list = []
+
+    def load_and_check(*args, **kwargs):
+        assert all(max(image.size) <= uploads.THUMBNAIL_SIDE for image in decoded), "a full-size image is still held"
+        decoded.append(real_load(*args, **kwargs))
+        return decoded[-1]
+
+    real_load = uploads.load_image
+    monkeypatch.setattr(uploads, "load_image", load_and_check)
+    monkeypatch.setattr(uploads, "MAX_REQUEST_PIXELS", 3 * 600 * 400)
+    files = [gradio_client.handle_file(str(noise_png(tmp_path / f"photo{index}.png", (600, 400), index)))
+             for index in range(5)]
+    client = gradio_client.Client(url + "/", verbose=False)
+    gallery, notes = client.predict(files, 1, api_name="/caption_batch")
+    assert [item["caption"].split(":")[0] for item in gallery] == ["photo0.png", "photo1.png", "photo2.png"]
+    assert len(decoded) == 3 and notes.splitlines() == [
+        f"- skipped photo{index}.png: past this request's budget of 0.72 megapixels for all its images; "
+        "send it in another batch" for index in (3, 4)]
+
+
+def test_upload_cache_is_bounded_in_bytes(served, tmp_path):
+    """30 uploads of 9 MB used to stay for an hour; now the oldest go as soon as all pass the bound."""
+    url, app = served
+    bound, app.upload_file_set.max_bytes = app.upload_file_set.max_bytes, 250_000
+    try:
+        paths = [uploaded_png(url, noise_png(tmp_path / f"noise{index}.png", (170, 170), index).read_bytes(),
+                              f"noise{index}.png")["path"] for index in range(5)]  # ~87 KB each
+        kept = [path for path in paths if Path(path).exists()]
+        assert kept == paths[-2:] and set(paths[:-2]).isdisjoint(app.upload_file_set)
+        assert sum(Path(path).stat().st_size for path in app.upload_file_set) <= 250_000
+        settings = [1, 20, "beam search", 1.0, "tiny/best.pt"]
+        assert call(url, "caption", [{"path": paths[-1], "meta": {"_type": "gradio.FileData"}}, *settings]).startswith(
+            "event: complete")
+        stream = call(url, "caption", [{"path": paths[0], "meta": {"_type": "gradio.FileData"}}, *settings])
+        assert '"error": "noise0.png: file not found"' in stream  # one line, naming the upload
+    finally:
+        app.upload_file_set.max_bytes = bound

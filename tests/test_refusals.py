@@ -43,9 +43,12 @@ sys.exit(code)
     ("eval.beam_size=0", "eval.beam_size=0: expected a value in [1, inf)"),
     ("train.max_steps=-1", "train.max_steps=-1: expected a value in [0, inf)"),
     ("train.warmup_steps=-5", "train.warmup_steps=-5: expected a value in [0, inf)"),
-    ("train.threads=-1", "train.threads=-1: expected a value in [0, inf)"),
+    ("train.threads=-1", "train.threads=-1: expected a value in [0, 1024]"),
+    ("train.threads=100000", "train.threads=100000: expected a value in [0, 1024]"),
     ("model.dropout=1.5", "model.dropout=1.5: expected a value in [0, 1)"),
     ("train.learning_rate=.nan", "train.learning_rate=nan: expected a value in (0, inf)"),
+    ("eval.length_penalty=400", "eval.length_penalty=400.0: expected a value in [0, 5]"),
+    ("eval.content_word_repeat_penalty=-1", "eval.content_word_repeat_penalty=-1.0: expected a value in [0, inf]"),
 ])
 def test_numbers_out_of_range_are_refused_before_anything_is_written(tmp_path, capsys, override, expected):
     code = train.main(["--config", CONFIG, f"run_dir={tmp_path / 'run'}", override])
@@ -55,9 +58,12 @@ def test_numbers_out_of_range_are_refused_before_anything_is_written(tmp_path, c
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--beam-size", "0"], "--beam-size 0: expected an integer >= 1"),
-    (["--max-length", "0"], "--max-length 0: expected an integer >= 1"),
-    (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size -1: expected an integer >= 0"),
+    (["--beam-size", "0"], "--beam-size 0: expected a value in [1, inf)"),
+    (["--max-length", "0"], "--max-length 0: expected a value in [1, inf)"),
+    (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size -1: expected a value in [0, inf)"),
+    (["--length-penalty", "400"], "--length-penalty 400.0: expected a value in [0, 5]"),
+    (["--length-penalty", "-400"], "--length-penalty -400.0: expected a value in [0, 5]"),
+    (["--content-word-repeat-penalty", "nan"], "--content-word-repeat-penalty nan: expected a value in [0, inf]"),
     (["--output", "{tmp}/missing/metrics.json"],
      "--output {tmp}/missing/metrics.json: folder {tmp}/missing does not exist"),
     (["--output", "{tmp}"], "--output {tmp}: is a directory; name a JSON file"),
@@ -106,3 +112,77 @@ def test_cuda_on_a_machine_without_it_is_named_not_called_damage(tiny_run, tmp_p
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["error: --device cuda: CUDA is not available on this machine; use --device cpu"] * 2 + [
         "error: train.device=cuda:0: CUDA is not available on this machine; use train.device=cpu"]
+
+
+def crafted_entries(tmp_path: Path, case: str) -> Path:
+    """A valid checkpoint file with its 'model' entry replaced by hand, at runs/crafted/best.pt."""
+    content = payload(make_model())
+    weights = dict(content["model"])
+    name = next(iter(weights))
+    content["model"] = {"list": [1, 2], "tensors as lists": {key: [0.0] for key in weights},
+                        "a NaN weight": {**weights, name: torch.full_like(weights[name], float("nan"))}}[case]
+    path = tmp_path / "runs" / "crafted" / "best.pt"
+    path.parent.mkdir(parents=True)
+    save_checkpoint(content, path)
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("list", "not a captioner checkpoint (its 'model' entry is not a dict of tensors)"),
+    ("tensors as lists", "not a captioner checkpoint (its 'model' entry is not a dict of tensors)"),
+    ("a NaN weight", "holds NaN or infinite values; the checkpoint cannot be used"),
+])
+def test_crafted_model_entries_are_refused_by_every_entry_point(untrained_checkpoint, tmp_path, capsys, monkeypatch,
+                                                                case, expected):
+    """A NaN-weight checkpoint used to load without a word and caption "are"; a 'model' entry that is
+    not a dict of tensors crashed every entry point and kept the demo from starting."""
+    from captioner.caption import main as caption_main
+
+    path = crafted_entries(tmp_path, case)
+    assert caption_main(["--checkpoint", str(path), str(REPO / "examples" / "images" / "photo_astronaut.jpg")]) == 2
+    assert evaluation_main(["--checkpoint", str(path)]) == 2
+    launched = []
+    monkeypatch.setattr(demo.gr.Blocks, "launch", lambda app, **options: launched.append(app))
+    monkeypatch.setattr(demo, "shipped_models", lambda: [])  # the runs alone: the shipped model would come first
+    (tmp_path / "runs" / "good").mkdir()
+    (tmp_path / "runs" / "good" / "best.pt").write_bytes(untrained_checkpoint.read_bytes())
+    assert demo.main(["--runs-dir", str(tmp_path / "runs")]) == 0 and len(launched) == 1  # served without it
+    lines = capsys.readouterr().err.strip().splitlines()
+    prefixes = ["error: ", "error: ", "warning: skipping "]  # caption, evaluation, demo
+    assert len(lines) == 3 and all(line.startswith(f"{prefix}{path}: ") and line.endswith(expected)
+                                   for prefix, line in zip(prefixes, lines)), lines
+
+
+def test_json_and_yaml_nested_100000_levels_deep_are_refused_in_one_line(tmp_path, capsys):
+    """Python's parsers raise RecursionError (no ValueError) on such input: it used to be a traceback."""
+    from captioner.demo.service import read_run_metrics
+
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "captions.json").write_text(f'{{"images": {deep}}}')
+    (tmp_path / "config.yaml").write_text(f"train: {deep[90_000:-90_000]}")  # 10,000 levels: PyYAML is slower
+    (tmp_path / "metrics.json").write_text(deep)
+    assert train.main(["--config", CONFIG, f"run_dir={tmp_path / 'run'}", "data.format=karpathy",
+                       f"data.root={tmp_path}", "data.captions_file=captions.json"]) == 2
+    assert train.main(["--config", str(tmp_path / "config.yaml"), f"run_dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {tmp_path / 'captions.json'}: not valid JSON (nested too deeply)",
+        f"error: {tmp_path / 'config.yaml'}: not a plain YAML config (nested too deeply)"]
+    assert read_run_metrics(tmp_path) == {}  # the demo's model summary: "no metrics.json yet", not a crash
+
+
+def test_evaluation_output_on_a_full_disk_is_one_line_and_exit_4(tiny_run, tmp_path, capsys, monkeypatch):
+    """After all the work: the metrics are printed, the file is not half-written, exit 4."""
+    import errno
+
+    from captioner import files
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)  # where a full disk fails a buffered write
+    output = tmp_path / "metrics.json"
+    assert evaluation_main(["--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--output", str(output)]) == 4
+    captured = capsys.readouterr()
+    assert "BLEU-4" in captured.out and captured.err.strip().splitlines()[-1] == (
+        f"error: --output {output}: could not write it (No space left on device); the metrics are printed above")
+    assert list(tmp_path.iterdir()) == []  # no partial file, no temporary left behind

@@ -136,7 +136,7 @@ class FeatureCache:
             array_path = manifest_path.with_suffix(".npy")
             try:
                 image_keys = self._check_shard(manifest_path, array_path)
-            except (ValueError, OSError, KeyError, TypeError) as error:
+            except (ValueError, OSError, KeyError, TypeError, RecursionError) as error:
                 self.log(f"feature cache: {array_path.name} is damaged ({error}); deleting it, its images will be encoded again")
                 manifest_path.unlink(missing_ok=True)  # the marker first: a half-deleted shard is then invisible
                 array_path.unlink(missing_ok=True)

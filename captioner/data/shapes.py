@@ -282,7 +282,7 @@ def _is_complete(json_path: Path, stamp: dict[str, int]) -> bool:
         if dataset["generator"] != stamp or len(images) != stamp["num_train"] + stamp["num_val"] + stamp["num_test"]:
             return False
         return all((json_path.parent / IMAGES_DIR / entry["filename"]).is_file() for entry in images)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return False
 
 

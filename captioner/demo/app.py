@@ -17,7 +17,7 @@ API (gradio_client): `/caption` (image, beam size, max length, decoding, tempera
 """
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -32,13 +32,14 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from captioner.checkpoint import CheckpointError  # noqa: E402
+from captioner.cli import OneLineParser, check_numbers  # noqa: E402
+from captioner.config import RANGES  # noqa: E402
 from captioner.demo import gates  # noqa: E402
 from captioner.demo.attention import EXPLANATION as ATTENTION_EXPLANATION  # noqa: E402
 from captioner.demo.attention import attention_view  # noqa: E402
 from captioner.demo.errors import RefusingBlocks  # noqa: E402
 from captioner.demo.service import (  # noqa: E402
     DECODING_MODES,
-    MAX_BATCH_IMAGES,
     MAX_BEAM_SIZE,
     MAX_CAPTION_LENGTH,
     DemoInputError,
@@ -51,10 +52,9 @@ from captioner.demo.service import (  # noqa: E402
     dataset_format,
     find_checkpoints,
     model_summary,
-    read_upload,
-    read_uploads,
     requested_decoding,
 )
+from captioner.demo.uploads import MAX_BATCH_IMAGES, bound_upload_cache, read_batch, read_upload  # noqa: E402
 from captioner.devices import DeviceError, available_device  # noqa: E402
 from captioner.images import ImageError  # noqa: E402
 from captioner.model import Captioner  # noqa: E402
@@ -66,6 +66,7 @@ MAX_FILE_SIZE = "10mb"  # uploads above this are refused by Gradio before any de
 QUEUE_SIZE = 16  # requests waiting beyond this are turned away ("queue is full")
 CONCURRENCY = 2  # requests computed at once (the target machine has 2 cores)
 DELETE_CACHE = (600, 3600)  # every 10 minutes, uploads older than an hour leave Gradio's cache (no unbounded growth)
+MAX_UPLOAD_CACHE_BYTES = 320 * 2**20  # and the oldest leave as soon as all together pass this: two full batches
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860  # this machine only; Gradio's usual port
 
 
@@ -106,10 +107,11 @@ class Handlers:
 
     def prepare(self, model: str | None, beam_size: float, max_length: float, decoding: str | None,
                 temperature: float) -> tuple:
-        """(the chosen model, its own decoding with the request's choices, validated)."""
+        """(the chosen model, its own decoding with the request's choices, validated). A raw API call may
+        send NaN, which Gradio's slider bounds let through: it is refused here, by name."""
         chosen = self.catalog.get(model or self.catalog.labels[0])
-        return chosen, requested_decoding(chosen, decoding or BEAM_SEARCH, int(beam_size), int(max_length),
-                                          float(temperature))
+        return chosen, requested_decoding(chosen, decoding or BEAM_SEARCH, _whole(beam_size, "beam size"),
+                                          _whole(max_length, "max length"), float(temperature))
 
     def caption(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,
                 decoding: str = BEAM_SEARCH, temperature: float = 1.0, model: str | None = None) -> tuple:
@@ -124,11 +126,12 @@ class Handlers:
         """-> (gallery of (thumbnail, "name: caption"), notes naming any file that was skipped)."""
         with shown_to_user():
             chosen, options = self.prepare(model, beam_size, max_length, decoding, temperature)
-            images, names, skipped = read_uploads([str(file) for file in (files or [])])
-        generations = caption_images(chosen, images, options)
-        gallery = [(_thumbnail(image), f"{name}: {caption_text(generation)}")
-                   for image, name, generation in zip(images, names, generations)]
-        notes = "\n".join(f"- skipped {reason}" for reason in skipped) or f"Captioned {len(images)} image(s)."
+            batch = read_batch(chosen, [str(file) for file in (files or [])])
+        generations = caption_pixels(chosen, batch.pixels, options)
+        gallery = [(thumbnail, f"{name}: {caption_text(generation)}")
+                   for thumbnail, name, generation in zip(batch.thumbnails, batch.names, generations)]
+        notes = ("\n".join(f"- skipped {reason}" for reason in batch.skipped)
+                 or f"Captioned {len(batch.names)} image(s).")
         return gallery, notes
 
     def look_inside(self, image_path: str | None, beam_size: float = 3, max_length: float = 20,
@@ -158,10 +161,10 @@ class Handlers:
             return model_summary(self.catalog.get(label), self.catalog.checkpoints[label])
 
 
-def _thumbnail(image, side: int = 256):
-    copy = image.copy()
-    copy.thumbnail((side, side))
-    return copy
+def _whole(value: float, name: str) -> int:
+    if not math.isfinite(value):
+        raise DemoInputError(f"{name}: expected a number, got {value}")
+    return int(value)
 
 
 def build_app(models: ModelCatalog | Captioner) -> gr.Blocks:
@@ -169,6 +172,7 @@ def build_app(models: ModelCatalog | Captioner) -> gr.Blocks:
     catalog = models if isinstance(models, ModelCatalog) else ModelCatalog.single(models)
     handlers = Handlers(catalog)
     with RefusingBlocks(title="captioner", analytics_enabled=False, delete_cache=DELETE_CACHE) as app:
+        bound_upload_cache(app, MAX_UPLOAD_CACHE_BYTES)
         gr.Markdown("# captioner\nA CNN encoder feeding a hand-written, explicit LSTM decoder: Show and Tell, "
                     "or with soft attention Show, Attend and Tell.")
         with gr.Row():
@@ -291,7 +295,7 @@ def find_models(checkpoint: str | None, runs_dir: str, device: str) -> ModelCata
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Caption images in a web page (Gradio).")
+    parser = OneLineParser(description="Caption images in a web page (Gradio).")
     parser.add_argument("--checkpoint", default=None, help=f"checkpoint to show first (default: the shipped "
                         f"photo model, {DEFAULT_MODEL})")
     parser.add_argument("--runs-dir", default="runs",
@@ -304,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // CONCURRENCY),
                         help="torch CPU threads per request (default: cores / concurrent requests = %(default)s)")
     args = parser.parse_args(argv)
+    check_numbers(parser, args, {"threads": RANGES["train.threads"]})
     try:
         host, port = server_address(args.host, args.port, dict(os.environ))
     except ValueError as error:

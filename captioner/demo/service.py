@@ -1,14 +1,14 @@
 """What the web demo needs around a checkpoint or a release: find the runs and the shipped models, load
-and keep models, describe them, and turn one request (uploaded files + decoding settings) into captions.
+and keep models, describe them, and turn one request (decoded images + decoding settings) into captions.
 
 No Gradio here: every function takes and returns plain values, so it is tested without a server.
-Uploads are decoded only by `captioner.images.load_image`, the loader training uses (pixel cap,
-format allowlist, EXIF orientation, every mode to RGB); its one-line `ImageError` names the upload's
-file name, never a server path. Decoding reuses `Captioner.generate`, the one generate() of the project.
+Uploads are read in captioner/demo/uploads.py. Decoding reuses `Captioner.generate`, the one
+generate() of the project.
 """
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -21,7 +21,6 @@ from PIL import Image
 
 from captioner.checkpoint import CheckpointError
 from captioner.decoding import Decoding, Generation
-from captioner.images import ImageError, load_image
 from captioner.model import Captioner, load_checkpoint
 from captioner.model_card import DATASET_TERMS
 from captioner.modes import evaluating
@@ -31,7 +30,6 @@ from captioner.release_format import CONFIG_FILE
 DECODING_MODES = ("beam search", "greedy", "sampling")
 MAX_BEAM_SIZE = 10
 MAX_CAPTION_LENGTH = 40
-MAX_BATCH_IMAGES = 16  # images per batch request; more is refused with a clear message
 README_PHOTO_SECTION = "Train on Flickr8k / Flickr30k / COCO"
 
 
@@ -50,7 +48,7 @@ def requested_decoding(model: Captioner, mode: str = "beam search", beam_size: i
         raise DemoInputError(f"beam size: expected 1 to {MAX_BEAM_SIZE}, got {beam_size}")
     if not 1 <= max_length <= MAX_CAPTION_LENGTH:
         raise DemoInputError(f"max length: expected 1 to {MAX_CAPTION_LENGTH} words, got {max_length}")
-    if mode == "sampling" and not 0.05 <= temperature <= 5.0:
+    if not math.isfinite(temperature) or mode == "sampling" and not 0.05 <= temperature <= 5.0:
         raise DemoInputError(f"temperature: expected 0.05 to 5, got {temperature}")
     if mode == "sampling":
         return replace(model.decoding, max_length=max_length, temperature=temperature, seed=seed)
@@ -141,32 +139,6 @@ class ModelCatalog:
             return self._loaded[label]
 
 
-def read_upload(path: str | Path | None) -> Image.Image:
-    """An uploaded file through the shared loader; errors name the file, not where it is stored."""
-    if not path:
-        raise DemoInputError("Please upload an image first.")
-    return load_image(path, name=Path(path).name)
-
-
-def read_uploads(paths: list[str]) -> tuple[list[Image.Image], list[str], list[str]]:
-    """A batch of uploads -> (images, their file names, one reason per file that was skipped).
-    One bad file does not spoil the batch; a batch with no readable image is refused."""
-    if not paths:
-        raise DemoInputError("Please upload one or more images first.")
-    if len(paths) > MAX_BATCH_IMAGES:
-        raise DemoInputError(f"{len(paths)} files: at most {MAX_BATCH_IMAGES} images per batch")
-    images, names, skipped = [], [], []
-    for path in paths:
-        try:
-            images.append(read_upload(path))
-            names.append(Path(path).name)
-        except ImageError as error:
-            skipped.append(str(error))
-    if not images:
-        raise DemoInputError(f"No image could be read: {skipped[0]}")
-    return images, names, skipped
-
-
 def caption_pixels(model: Captioner, pixels: torch.Tensor, decoding: Decoding) -> list[Generation]:
     """Caption preprocessed images (B, 3, S, S) with `Captioner.generate`, alternatives best first."""
     with evaluating(model):
@@ -192,7 +164,7 @@ def read_run_metrics(run_dir: Path) -> dict[str, Any]:
     """<run_dir>/metrics.json (the test-split evaluation written by train.py), or {} if absent or bad."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         return {}
     return metrics if isinstance(metrics, dict) else {}
 

@@ -26,6 +26,15 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_rng_state(state: Any) -> None:
+    """Raise unless `state` is what `rng_state` returns: tried on throwaway generators, so a crafted
+    checkpoint is refused before the run's own generators are touched."""
+    if not isinstance(state, dict) or not isinstance(state.get("torch"), torch.Tensor):
+        raise ValueError("expected a mapping with a 'torch' tensor")
+    torch.Generator().set_state(state["torch"])
+    random.Random().setstate(_as_tuple(state["python"]))
+
+
 def _as_tuple(value: Any) -> Any:
     """random.setstate needs tuples; a save/load round trip may hand back lists."""
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -29,8 +29,9 @@ from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
 from captioner.training.inputs import RunInputs, check_splits
 from captioner.training.optimizer import autocast, build_optimizer, build_scheduler
-from captioner.training.progress import (CHECKPOINT_METRICS, Progress, best_score_on_disk,
-                                         check_same_model, resume_target)
+from captioner.training.memory import check_model_fits
+from captioner.training.progress import (CHECKPOINT_METRICS, Progress, best_score_on_disk, check_resumable,
+                                         check_resume_changes, resume_target)
 from captioner.training.randomness import restore_rng, rng_state, seed_everything
 from captioner.training.run_dir import check_run_dir_is_free, claim_run_dir, prepare_run_dir, write_history
 from captioner.training.self_critical import SelfCriticalLoss
@@ -47,7 +48,7 @@ class Trainer:
         """force: start over in a run_dir that holds another run (train.py --force), removing its checkpoints.
         splits: the records per split to use instead of reading config.data (cross-validation's folds)."""
         self.config, self.log = config, log
-        self.interactive = sys.stderr.isatty()  # a log file gets a progress line every 30 s, not every second
+        self.interactive = sys.stderr.isatty()  # a terminal gets tqdm bars; a log file gets plain lines
         resume = resume_target(resume) if resume else None
         resumed = self.refuse_before_work(resume, force)
         self.build(splits, resumed, resume)
@@ -60,11 +61,13 @@ class Trainer:
         require_tensorboard(config.train.tensorboard)  # a missing package fails before any work
         resumed = read_checkpoint(resume) if resume else None
         if resumed:
-            check_same_model(resumed["config"], config, resume)
+            check_resume_changes(resumed, config, resume)
+            check_resumable(resumed, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
         check_run_dir_is_free(self.run_dir, resume, force)
         self.device = resolve_device(config.train.device, config.train.threads)
         autocast(config.train.precision, self.device)  # bf16 on a GPU without it fails before any work
+        check_model_fits(config.model, self.device)  # model.hidden_size=200000 fails here, not after the data
         return resumed
 
     def build(self, splits: Splits | None, resumed: dict[str, Any] | None, resume: Path | None) -> None:
@@ -99,9 +102,11 @@ class Trainer:
         """Lock run_dir and make its files this run's (rank 0), then say what runs where."""
         config = self.config
         self.lock = claim_run_dir(self.run_dir, resume, force, self.history) if self.cluster.is_main else None
-        if resumed and resume.resolve().parent == self.run_dir.resolve():  # every rank: they decide alike
-            self.progress.best_score = best_score_on_disk(self.run_dir, self.progress.best_score,
+        if resumed:  # every rank: they decide alike
+            self.progress.best_score = best_score_on_disk(resume.parent, self.progress.best_score,
                                                           config.train.checkpoint_metric)
+            if self.cluster.is_main and resume.resolve().parent != self.run_dir.resolve():
+                self.carry_best_checkpoint(resume.parent)
         if self.cluster.is_main:
             save_yaml(config, self.run_dir / "config.yaml")
         self.board = open_log(config.train.tensorboard and self.cluster.is_main, self.run_dir)
@@ -110,6 +115,14 @@ class Trainer:
                                           config.train.scale_lr))
         self.log(f"vocabulary: {len(self.vocab)} words | parameters: {sum(p.numel() for p in self.model.parameters()):,}"
                  f" | device: {self.device} | run: {self.run_dir}")
+
+    def carry_best_checkpoint(self, source: Path) -> None:
+        """A resume into another run_dir continues the run there: its best.pt comes along, so the final
+        test evaluates the best weights and the best.pt path printed at the end exists."""
+        best = source / "best.pt"
+        if best.is_file():
+            write_atomically(self.run_dir / "best.pt", best.read_bytes())
+            self.log(f"best.pt of {source} copied into {self.run_dir}")
 
     def steps_per_epoch(self) -> int:
         batches = math.ceil(len(self.splits["train"]) / self.config.train.batch_size)  # of one process
@@ -150,8 +163,9 @@ class Trainer:
         self.model.train()
         if epoch >= train.epochs:
             self.start_self_critical_epoch(dataset)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train.epochs + train.self_critical_epochs}", unit="batch",
-                   dynamic_ncols=True, mininterval=1.0 if self.interactive else 30.0, disable=not self.cluster.is_main)
+        title = f"epoch {epoch + 1}/{train.epochs + train.self_critical_epochs}"
+        bar = tqdm(loader, desc=title, unit="batch", dynamic_ncols=True, mininterval=1.0,
+                   disable=not (self.cluster.is_main and self.interactive))  # a log file gets plain lines
         started, captions_seen = time.perf_counter(), 0
         for indices, (inputs, captions) in zip(batches, bar):
             loss = self.train_step(inputs, captions, indices)
@@ -160,8 +174,11 @@ class Trainer:
             if self.progress.step % train.log_every == 0 or self.progress.batch == 1:
                 rate = captions_seen / (time.perf_counter() - started)
                 reward = {"reward": f"{self.progress.last_reward:.3f}"} if epoch >= train.epochs else {}
-                bar.set_postfix(loss=f"{loss:.3f}", **reward, captions_per_s=f"{rate:.0f}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.1e}")
+                numbers = {"loss": f"{loss:.3f}", **reward, "captions_per_s": f"{rate:.0f}",
+                           "lr": f"{self.optimizer.param_groups[0]['lr']:.1e}"}
+                bar.set_postfix(numbers)
+                if not self.interactive and self.cluster.is_main:  # a log file: one plain line, no bar frames
+                    print(self.progress_line(title, numbers), file=sys.stderr, flush=True)
                 if self.board:
                     self.board.step(self.progress.step, loss, self.optimizer.param_groups[0]["lr"],
                                     self.progress.last_reward if reward else None)
@@ -171,6 +188,12 @@ class Trainer:
             if self.reached_max_steps():
                 break
         self.epoch_seconds = time.perf_counter() - started
+
+    def progress_line(self, title: str, numbers: dict[str, str]) -> str:
+        """What the bar's postfix says, as one line of a log file."""
+        batches = math.ceil(len(self.splits["train"]) / self.config.train.batch_size)  # global, as progress.batch
+        shown = "  ".join(f"{name.replace('_per_s', '/s')} {value}" for name, value in numbers.items())
+        return f"{title}  batch {self.progress.batch}/{batches}  step {self.progress.step}  {shown}"
 
     def start_self_critical_epoch(self, dataset: CaptionedImages) -> None:
         """Self-critical epochs start from the best cross-entropy weights, at their own constant learning
@@ -289,10 +312,15 @@ class Trainer:
         check_compatible(self.model.state_dict(), weights, path)
         self.model.load_state_dict(weights)
         base_rates = list(self.scheduler.base_lrs)
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        if self.config.train.scale_lr:  # the saved rates were scaled for the saving run's number of processes
-            distributed.rebase_learning_rates(self.scheduler, base_rates)
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+            raise CheckpointError(f"{path}: its optimizer or scheduler state does not fit this model's "
+                                  f"({type(error).__name__})") from None
+        # This run's rates and schedule at the saved step: a resume that changes train.learning_rate or
+        # lr_schedule takes effect, and under torchrun the rates are scaled for this run's processes.
+        distributed.rebase_learning_rates(self.scheduler, base_rates)
         metric = self.config.train.checkpoint_metric
         self.progress = Progress.from_dict(payload["progress"], metric)
         self.history = list(payload.get("history", []))
