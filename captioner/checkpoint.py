@@ -4,7 +4,7 @@
      "optimizer": ..., "scheduler": ..., "progress": {...}, "rng": {...}, "metrics": {...}}
 
 Saving goes through `files.write_atomically` (temporary file, fsync, rename), so a crash or a full
-disk leaves the previous checkpoint intact.
+disk leaves the previous checkpoint intact and ends in one WriteError naming the file.
 Loading always uses `torch.load(weights_only=True)`: a checkpoint is data, never code, and there is
 no retry without it. This module reads and writes files only; the model is rebuilt from a
 checkpoint in one place, `captioner.model.load_checkpoint`.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -30,15 +30,25 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write `payload` to `path` atomically: temp file in the same directory, fsync, rename.
 
-    A failed write (full disk, vanished directory) raises OSError naming the file; the previous
-    checkpoint at `path` is left byte-identical and no temporary file is left behind.
+    A failed write (full disk, vanished directory) raises WriteError (an OSError) naming the file; the
+    previous checkpoint at `path` is left byte-identical and no temporary file is left behind.
     """
-    path = Path(path)
+    write_atomically(path, lambda handle: _save(payload, handle))
+
+
+def _save(payload: dict[str, Any], handle: BinaryIO) -> None:
+    """torch.save into `handle`, raising what stopped it. When a write into the handle fails (a full disk)
+    or is interrupted (a second Ctrl-C), torch's zip writer answers a RuntimeError ("unexpected pos")
+    while it closes the archive; the OSError or KeyboardInterrupt that caused it is its __context__."""
     try:
-        write_atomically(path, lambda handle: torch.save({"format_version": FORMAT_VERSION, **payload}, handle))
-    except OSError as error:
-        raise OSError(error.errno, f"could not save checkpoint {path} ({error.strerror or error}); "
-                      "the previous file there is kept") from error
+        torch.save({"format_version": FORMAT_VERSION, **payload}, handle)
+    except RuntimeError as error:
+        cause = error.__context__
+        while cause is not None and not isinstance(cause, (OSError, KeyboardInterrupt)):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

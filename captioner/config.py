@@ -20,6 +20,7 @@ from typing import Any, Literal, Sequence, TypeVar
 import yaml
 
 from captioner.decoding import Decoding
+from captioner.files import write_atomically
 
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -226,7 +227,7 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def save_yaml(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_atomically(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

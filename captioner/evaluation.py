@@ -27,6 +27,7 @@ from captioner.cli import OneLineParser, check_numbers
 from captioner.config import RANGES, ConfigError
 from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
+from captioner.data.paths import shown_path
 from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.decoding import Decoding
 from captioner.devices import DeviceError
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics, captions = evaluate(model, records, args.split, decoding, meteor=not args.no_meteor)
     print(metric_table(metrics))
     if args.output:
-        examples = [{"image": r.path, "generated": c, "references": list(r.captions)} for r, c in zip(records, captions)]
+        examples = [{"image": shown_path(r.path, data_config.root), "generated": c, "references": list(r.captions)}
+                    for r, c in zip(records, captions)]
         if not write_output(args.output, {"metrics": metrics, "captions": examples}):
             return EXIT_WRITE_FAILED
         print(f"metrics and captions: {args.output}")

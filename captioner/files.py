@@ -1,33 +1,73 @@
 """Atomic file writes: a reader (or a crash) sees the old file or the whole new one, never a half.
 
-Every file the project writes for a user to keep (checkpoints, the vocabulary, feature-cache shards,
-the built-in dataset's index) goes through `write_atomically`: a temporary file beside the target,
-flushed to disk, then renamed over it (`os.replace` is atomic within one directory).
+Every file the project writes for a user to keep (checkpoints, metrics, the history, config.yaml,
+the vocabulary, feature-cache shards and index, attention maps, releases) goes through
+`write_atomically`: a temporary file beside the target, flushed to disk, then renamed over it
+(`os.replace` is atomic within one directory). The built-in dataset's images are written in place:
+its index, written last and atomically, is what marks them complete (data/shapes.py).
+
+    write_atomically(path, "text")                    # str: written as UTF-8
+    write_atomically(path, b"bytes")
+    write_atomically(path, lambda handle: torch.save(payload, handle))   # writes into a binary handle
+
+The new file's mode follows the umask, like a file that `open(path, "w")` creates (the kernel
+applies the umask to the mode 0o666 given here; `tempfile.mkstemp` would give 0600 whatever it is).
+A failed write raises `WriteError` (an OSError) naming the file; the previous file is untouched.
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+Content = str | bytes | Callable[[BinaryIO], object]
+NEW_FILE_MODE = 0o666  # before the umask, as open(path, "w") gives
 
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], object] | bytes) -> None:
-    """Write `path` via `write(handle)` (or the given bytes) into a temporary file, fsync, rename.
 
-    On any failure the temporary file is removed and the previous file at `path` is left untouched.
+class WriteError(OSError):
+    """A file could not be written (a full disk, a vanished folder); the file there before is kept."""
+
+    def __init__(self, error: OSError, path: Path) -> None:
+        super().__init__(error.errno, error.strerror or str(error), str(path))  # strerror: the system's reason
+
+    def __str__(self) -> str:  # one line that names the file, without OSError's "[Errno N]"
+        return f"could not write {self.filename} ({self.strerror}); the file there before is kept"
+
+
+def write_atomically(path: str | Path, content: Content) -> None:
+    """Write `content` (text, bytes or a function that writes into a binary handle) to `path`.
+
+    On any failure the temporary file is removed and the previous file at `path` is left untouched;
+    an OSError becomes a WriteError that names `path`.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, temporary = _create_temporary(path)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            if isinstance(write, bytes):
-                handle.write(write)
+            if isinstance(content, str):
+                handle.write(content.encode("utf-8"))
+            elif isinstance(content, bytes):
+                handle.write(content)
             else:
-                write(handle)
+                content(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise WriteError(error, path) from error
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty `.NAME.RANDOM.tmp` beside `path`, opened for writing, mode 0o666 less the umask."""
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE), temporary
+        except FileExistsError:
+            continue  # another writer drew the same name: draw again
+        except OSError as error:
+            raise WriteError(error, path) from error

@@ -9,8 +9,10 @@
     folder     captions.csv (image,caption[,split]), images in images/ | Images/ | the root itself
     auto       the first of karpathy, coco, flickr8k, folder whose files are in data.root
 
-Every reader returns ImageRecords per split (a missing split is an empty list). The images are then
-checked (validate.py) and the counts per split printed. batches.py turns records into training
+Every reader returns ImageRecords per split (a missing split is an empty list); text.py reads the files
+so that every error names the file and line, paths.py keeps the written image paths inside the dataset.
+No file may appear twice (paths.check_distinct_files), the images are checked (validate.py), and the
+counts per split printed. batches.py turns records into training
 batches; feature_cache.py stores a frozen encoder's features on disk.
 
 May import: captioner.config, captioner.files, captioner.images, captioner.modes, captioner.vocab,
@@ -23,6 +25,7 @@ from typing import Callable
 
 from captioner.config import DataConfig
 from captioner.data import coco, flickr8k, folder, karpathy
+from captioner.data.paths import check_distinct_files
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
 from captioner.data.validate import validate_images
 
@@ -54,6 +57,7 @@ def load_dataset(config: DataConfig, log: Log = print) -> Splits:
         splits = _READERS[name](root, config, log)
     if not any(splits.values()):
         raise DatasetFormatError(f"{root}: the {name} dataset has no captioned images")
+    check_distinct_files(splits, root)  # one photo in two splits would leak test images into training
     splits = validate_images(splits, config.max_bad_images, log)
     counts = ", ".join(f"{split} {len(splits[split])} images / "
                        f"{sum(len(record.captions) for record in splits[split])} captions" for split in SPLITS)

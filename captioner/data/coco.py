@@ -4,6 +4,7 @@
     root/annotations/captions_val2014.json      "annotations": [{"image_id", "caption"}, ...]}
     root/train2014/*.jpg   root/val2014/*.jpg
 
+Each `file_name` must stay inside its image folder (paths.py) and belong to one id only.
 train2014 -> "train". COCO publishes no test captions, so val2014 is split in two, seeded: its sorted
 image ids are shuffled with `split_seed` and a share test_fraction / (val_fraction + test_fraction) of
 them (half, with the defaults) becomes "test", the rest "val". This is NOT Karpathy's standard split
@@ -12,12 +13,13 @@ dataset_coco.json with the "karpathy" format instead.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable
 
+from captioner.data.paths import normalized_name
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
+from captioner.data.text import read_json
 
 ANNOTATIONS_DIR = "annotations"
 SUBSETS = (("captions_train2014.json", "train2014"), ("captions_val2014.json", "val2014"))
@@ -47,11 +49,17 @@ def _read_subset(path: Path, image_dir: Path, log: Callable[[str], None]) -> dic
     """image id -> (image path, captions) for the images with at least one caption."""
     data = _load_json(path)
     file_names: dict[int, str] = {}
+    first_id: dict[str, int] = {}  # file name -> the first id that names it
     for index, image in enumerate(data["images"]):
         image_id = _field(path, f"images[{index}]", image, "id", int)
         if image_id in file_names:
             raise DatasetFormatError(f"{path}: images[{index}].id: duplicate id {image_id}")
-        file_names[image_id] = _field(path, f"images[{index}]", image, "file_name", str)
+        where = f"{path}: images[{index}].file_name"
+        file_name = normalized_name(_field(path, f"images[{index}]", image, "file_name", str), where)
+        if first_id.setdefault(file_name, image_id) != image_id:
+            raise DatasetFormatError(
+                f"{where}: {file_name} is also image id {first_id[file_name]}; list each photo once")
+        file_names[image_id] = file_name
     captions: dict[int, list[str]] = {image_id: [] for image_id in file_names}
     for index, annotation in enumerate(data["annotations"]):
         image_id = _field(path, f"annotations[{index}]", annotation, "image_id", int)
@@ -69,12 +77,7 @@ def _read_subset(path: Path, image_dir: Path, log: Callable[[str], None]) -> dic
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{path}: not valid JSON (line {error.lineno}: {error.msg})") from None
-    except RecursionError:
-        raise DatasetFormatError(f"{path}: not valid JSON (nested too deeply)") from None
+    data = read_json(path)
     for key in ("images", "annotations"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DatasetFormatError(f"{path}: expected an object with an '{key}' list at the top level")

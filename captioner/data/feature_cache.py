@@ -112,7 +112,8 @@ class FeatureCache:
         except OSError as error:
             raise PermissionError(f"data.feature_cache_dir={directory}: cannot create the feature cache "
                                   f"({error.strerror}); set data.feature_cache_dir to a writable folder") from None
-        (self.directory / "encoder.json").write_text(json.dumps(self.identity, indent=2))  # for people, not read back
+        identity = json.dumps(self.identity, indent=2)
+        write_atomically(self.directory / "encoder.json", identity)  # for people, not read back
 
     def features(self, records: Sequence[ImageRecord]) -> StoredFeatures:
         """The features of `records`, in order; images not in the cache are encoded and stored first."""

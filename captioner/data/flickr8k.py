@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from captioner.data.folder import build_splits, random_split, read_caption_csv
+from captioner.data.paths import normalized_name
 from captioner.data.records import DatasetFormatError, ImageRecord
+from captioner.data.text import first_line, read_lines
 
 CSV_NAME = "captions.txt"  # Kaggle
 TOKEN_NAME = "Flickr8k.token.txt"  # original
@@ -55,31 +57,25 @@ def is_token_file(path: Path) -> bool:
     """True for a `*.token.txt` file or one whose first non-blank line is `image#N<TAB>caption` (else: CSV)."""
     if path.name.endswith(".token.txt"):
         return True
-    with open(path, encoding="utf-8-sig") as file:
-        for line in file:
-            if line.strip():
-                return TOKEN_LINE.fullmatch(line.rstrip("\r\n")) is not None
-    return False
+    line = first_line(path)
+    return line is not None and TOKEN_LINE.fullmatch(line) is not None
 
 
 def read_token_file(path: Path) -> dict[str, list[str]]:
     """`image.jpg#N<TAB>caption` lines -> image -> captions ordered by N; errors name file:line."""
     numbered: dict[str, dict[int, str]] = {}
-    with open(path, encoding="utf-8-sig") as file:
-        for line_number, line in enumerate(file, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            match = TOKEN_LINE.fullmatch(line)
-            if match is None or not match["caption"].strip():
-                raise DatasetFormatError(
-                    f"{path}:{line_number}: expected 'image.jpg#N<TAB>caption', got {line[:80]!r}")
-            image, index = match["image"].strip(), int(match["index"])
-            if image in BOGUS_IMAGES:
-                continue
-            if index in numbered.setdefault(image, {}):
-                raise DatasetFormatError(f"{path}:{line_number}: caption {image}#{index} appears twice")
-            numbered[image][index] = match["caption"].strip()
+    for line_number, line in read_lines(path):
+        if not line.strip():
+            continue
+        match = TOKEN_LINE.fullmatch(line)
+        if match is None or not match["caption"].strip():
+            raise DatasetFormatError(f"{path}:{line_number}: expected 'image.jpg#N<TAB>caption', got {line[:80]!r}")
+        image, index = normalized_name(match["image"].strip(), f"{path}:{line_number}"), int(match["index"])
+        if image in BOGUS_IMAGES:
+            continue
+        if index in numbered.setdefault(image, {}):
+            raise DatasetFormatError(f"{path}:{line_number}: caption {image}#{index} appears twice")
+        numbered[image][index] = match["caption"].strip()
     return {image: [by_index[i] for i in sorted(by_index)] for image, by_index in numbered.items()}
 
 
@@ -90,12 +86,10 @@ def read_split_lists(root: Path) -> dict[str, str]:
         path = root / name
         if not path.is_file():
             continue
-        with open(path, encoding="utf-8-sig") as file:
-            for line_number, line in enumerate(file, start=1):
-                image = line.strip()
-                if not image:
-                    continue
-                if split_of.setdefault(image, split) != split:
-                    raise DatasetFormatError(
-                        f"{path}:{line_number}: {image} is already in the {split_of[image]} list")
+        for line_number, line in read_lines(path):
+            if not line.strip():
+                continue
+            image = normalized_name(line.strip(), f"{path}:{line_number}")
+            if split_of.setdefault(image, split) != split:
+                raise DatasetFormatError(f"{path}:{line_number}: {image} is already in the {split_of[image]} list")
     return split_of

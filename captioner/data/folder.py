@@ -11,7 +11,8 @@ The `split` column (train | val | test) is optional; without it the images are s
 seeded, by `random_split`. Kaggle's Flickr8k `captions.txt` is the same CSV without the split
 column, so flickr8k.py reads it with `read_caption_csv` too.
 
-The CSV is read with the csv module: quoted commas, a UTF-8 BOM, CRLF line ends and blank lines parse.
+The CSV is read with the csv module, one line per row: quoted commas, doubled quotes, a UTF-8 BOM, CRLF
+line ends and blank lines parse; a quote left open (a field running over lines) is refused, naming the line.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from captioner.config import ConfigError
+from captioner.data.paths import normalized_name
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
+from captioner.data.text import read_lines
 
 REQUIRED_COLUMNS = ("image", "caption")
 OPTIONAL_COLUMNS = ("split",)
@@ -37,17 +40,30 @@ class CaptionTable:
 
 
 def read_caption_csv(path: Path) -> CaptionTable:
-    """Read an `image,caption[,split]` CSV with a header row; errors name file:line."""
+    """Read an `image,caption[,split]` CSV with a header row; errors name file:line.
+
+    Each line is one row: a quoted field never runs on to the next line. A caption is one line, so a
+    quote left open is a typo, and reading on would swallow every line after it into one caption.
+    """
     table = CaptionTable()
-    with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig drops a BOM
-        reader = csv.reader(file)
-        header = next(reader, None)
-        columns = _check_header(path, header)
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue  # blank line
-            _add_row(path, reader.line_num, row, columns, table)
+    lines = read_lines(path)
+    header = next(((number, line) for number, line in lines if line.strip()), None)
+    columns = _check_header(path, _parse_row(path, *header) if header else None)
+    for number, line in lines:
+        if line.strip():
+            row = _parse_row(path, number, line)
+            if any(cell.strip() for cell in row):  # a line of bare commas is blank too
+                _add_row(path, number, row, columns, table)
     return table
+
+
+def _parse_row(path: Path, number: int, line: str) -> list[str]:
+    try:
+        return next(csv.reader([line], strict=True))
+    except csv.Error as error:
+        reason = "a quote is opened and never closed" if "end of data" in str(error) else str(error)
+        raise DatasetFormatError(f"{path}:{number}: {reason} (a quoted field ends on its own line), "
+                                 f"got {line[:80]!r}") from None
 
 
 def _check_header(path: Path, header: list[str] | None) -> dict[str, int]:
@@ -65,10 +81,10 @@ def _add_row(path: Path, line: int, row: list[str], columns: dict[str, int], tab
     if len(row) != len(columns):
         raise DatasetFormatError(
             f"{path}:{line}: expected {len(columns)} fields ({','.join(columns)}), got {len(row)}: {row!r:.80}")
-    image = row[columns["image"]].strip()
-    caption = row[columns["caption"]].strip()
+    image, caption = row[columns["image"]].strip(), row[columns["caption"]].strip()
     if not image or not caption:
         raise DatasetFormatError(f"{path}:{line}: expected a non-empty image and caption, got {row!r:.80}")
+    image = normalized_name(image, f"{path}:{line}")
     table.captions.setdefault(image, []).append(caption)
     if "split" in columns:
         split = row[columns["split"]].strip().lower()

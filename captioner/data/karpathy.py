@@ -7,31 +7,34 @@ Descriptions" (CVPR 2015), also used for the built-in shapes data:
                  "split": "train" | "val" | "test" | "restval",
                  "sentences": [{"raw": "A man riding ...", "tokens": ["a", "man", ...]}, ...]}, ...]}
 
-Image path = images_root/[filepath/]filename (Flickr entries have no filepath). image_id = cocoid
-when present, else the filename. COCO's "restval" (val2014 images outside Karpathy's 5k val and 5k
-test) joins train when `use_restval`, else it is dropped. A "scene" entry (shapes) is kept.
+Image path = images_root/[filepath/]filename (Flickr entries have no filepath), refused when it leaves
+images_root (paths.py); two entries naming one image are refused. image_id = cocoid when present, else
+the filename. COCO's "restval" (val2014 images outside Karpathy's 5k val and 5k test) joins train when
+`use_restval`, else it is dropped. A "scene" entry (shapes) is kept.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from captioner.data.paths import normalized_name
 from captioner.data.records import SPLITS, DatasetFormatError, ImageRecord
+from captioner.data.text import read_json
 
 SPLIT_VALUES = SPLITS + ("restval",)
+SAMPLE_SIZE = 200  # entries looked up in each candidate image folder to choose one
 
 
 def read_karpathy(json_path: Path, images_roots: Path | Sequence[Path],
                   use_restval: bool = True) -> dict[str, list[ImageRecord]]:
     """Read the JSON into records per split. Errors name the file and the JSON path.
 
-    With several `images_roots`, the first one under which the first image exists is used
+    With several `images_roots`, the one that holds the most of a sample of the images is used
     (Flickr keeps images in Images/ or Flicker8k_Dataset/, COCO's filepath already names train2014/).
     """
     entries = _load_entries(json_path)
     relative_paths = [_relative_path(json_path, index, entry) for index, entry in enumerate(entries)]
-    images_root = _pick_root(images_roots, relative_paths[0] if relative_paths else "")
+    images_root = _pick_root(json_path, images_roots, relative_paths)
     splits: dict[str, list[ImageRecord]] = {split: [] for split in SPLITS}
     first_index: dict[str, int] = {}  # image path or id -> index of the entry that used it
     for index, (entry, relative) in enumerate(zip(entries, relative_paths)):
@@ -49,12 +52,7 @@ def read_karpathy(json_path: Path, images_roots: Path | Sequence[Path],
 
 
 def _load_entries(json_path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{json_path}: not valid JSON (line {error.lineno}: {error.msg})") from None
-    except RecursionError:
-        raise DatasetFormatError(f"{json_path}: not valid JSON (nested too deeply)") from None
+    data = read_json(json_path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetFormatError(f"{json_path}: expected an object with an 'images' list at the top level")
     for index, entry in enumerate(data["images"]):
@@ -69,15 +67,21 @@ def _relative_path(json_path: Path, index: int, entry: dict[str, Any]) -> str:
         raise DatasetFormatError(f"{json_path}: images[{index}].filename: expected a file name, got {filename!r}")
     if not isinstance(filepath, str):
         raise DatasetFormatError(f"{json_path}: images[{index}].filepath: expected a folder name, got {filepath!r}")
-    return f"{filepath}/{filename}" if filepath else filename
+    return normalized_name(f"{filepath}/{filename}" if filepath else filename, f"{json_path}: images[{index}]")
 
 
-def _pick_root(images_roots: Path | Sequence[Path], first_image: str) -> Path:
+def _pick_root(json_path: Path, images_roots: Path | Sequence[Path], relative_paths: list[str]) -> Path:
+    """The candidate folder that holds the most of up to SAMPLE_SIZE images spread over the file (one
+    missing image must not send the reader to the wrong folder); an error when none holds any."""
     roots = [images_roots] if isinstance(images_roots, Path) else list(images_roots)
-    for root in roots:
-        if (root / first_image).is_file():
-            return root
-    return roots[0]  # nothing found: validation reports the missing images under the first candidate
+    if len(roots) == 1 or not relative_paths:
+        return roots[0]
+    sample = relative_paths[:: max(1, len(relative_paths) // SAMPLE_SIZE)][:SAMPLE_SIZE]
+    found = [sum((root / relative).is_file() for relative in sample) for root in roots]
+    if max(found) == 0:
+        raise DatasetFormatError(f"{json_path}: none of {len(sample)} of its images (e.g. {sample[0]}) is in any "
+                                 f"of {', '.join(str(root) for root in roots)}; set data.images_dir")
+    return roots[found.index(max(found))]
 
 
 def _split(json_path: Path, index: int, entry: dict[str, Any], use_restval: bool) -> str | None:

@@ -5,5 +5,5 @@
 
 tbptt.py holds truncated backpropagation through time for StackedLSTM; plotting.py the figures.
 
-May import: captioner.config, captioner.data, captioner.rnn, captioner.training.
+May import: captioner.config, captioner.data, captioner.files, captioner.rnn, captioner.training.
 """

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from captioner.files import write_atomically
 from captioner.rnn.cells import CELLS
 
 CELL_TYPES = tuple(CELLS)  # rnn, lstm, peephole, coupled, gru
@@ -81,8 +82,8 @@ def run_gradients_command(args: argparse.Namespace, cells: tuple[str, ...], outp
 
 def _write(output: Path, name: str, report: dict[str, Any], table: str) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (output / f"{name}.md").write_text(table)
+    write_atomically(output / f"{name}.json", json.dumps(report, indent=2))
+    write_atomically(output / f"{name}.md", table)
     print(table)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from captioner.config import Config, load_config, to_dict
+from captioner.files import write_atomically
 from captioner.rnn.cells import CELLS
 from captioner.training.stops import NonFiniteLoss
 
@@ -93,7 +94,7 @@ def train_one(config: Config, log: Log) -> dict[str, Any]:
     except NonFiniteLoss as error:  # a diverged run is a result too: reported, not hidden
         metrics = {"failed": str(error), "history": trainer.history}
     metrics.update(parameters, cpu_seconds=round(time.process_time() - started, 1))
-    finished.write_text(json.dumps(metrics, indent=2))
+    write_atomically(finished, json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from captioner.files import write_atomically  # noqa: E402
+
 COLOURS = {"rnn": "tab:red", "lstm": "tab:blue", "peephole": "tab:green", "coupled": "tab:purple", "gru": "tab:orange"}
 DPI = 80  # with the palette below, keeps each committed PNG well under 150 KB
 PALETTE_COLOURS = 128  # line plots need few colours; a palette PNG is a third of the RGBA size
@@ -99,4 +101,5 @@ def _save(figure: Any, path: Path) -> None:
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(figure)
     buffer.seek(0)
-    Image.open(buffer).convert("RGB").quantize(colors=PALETTE_COLOURS).save(path, optimize=True)
+    image = Image.open(buffer).convert("RGB").quantize(colors=PALETTE_COLOURS)
+    write_atomically(path, lambda handle: image.save(handle, format="PNG", optimize=True))

@@ -4,6 +4,7 @@
     rerank.py    rerank_generations: reorder a beam's alternatives by log p + w · score
     training.py  its trainer (`python train.py --config configs/scorer.yaml`) and measurements
 
-May import: captioner.checkpoint, captioner.config, captioner.decoding, captioner.devices, captioner.model, captioner.modes,
-captioner.vocab, captioner.data, captioner.encoders, captioner.metrics, captioner.rnn, captioner.training.
+May import: captioner.checkpoint, captioner.config, captioner.decoding, captioner.devices, captioner.files,
+captioner.model, captioner.modes, captioner.vocab, captioner.data, captioner.encoders, captioner.metrics,
+captioner.rnn, captioner.training.
 """

@@ -30,6 +30,7 @@ from captioner.data.batches import preprocess_file
 from captioner.data.feature_cache import FeatureCache, feature_cache_directory
 from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.encoders.backbones import Encoder, EncoderError, build_encoder
+from captioner.files import write_atomically
 from captioner.metrics.bleu import bleu_scores
 from captioner.metrics.retrieval import recall_at_k
 from captioner.model import Captioner, load_checkpoint
@@ -271,8 +272,8 @@ def fit(config: ScorerConfig, log: Callable = print) -> dict[str, Any]:
     if captioner is not None:
         metrics["rerank"] = measure_rerank(captioner, scorer, features, splits, val_split, eval_split, config.eval)
     save_checkpoint(scorer_payload(scorer, asdict(config), metrics), run_dir / "scorer.pt")
-    (run_dir / "scorer_metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    write_atomically(run_dir / "scorer_metrics.json", json.dumps(metrics, indent=2))
+    write_atomically(run_dir / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
     return metrics
 
 

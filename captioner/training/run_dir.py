@@ -72,9 +72,15 @@ def claim_run_dir(run_dir: Path, resume: Path | None, force: bool, history: list
             (run_dir / name).unlink(missing_ok=True)
         for leftover in run_dir.glob(".*.pt.*.tmp"):  # a save cut short by kill -9; nobody else writes here now
             leftover.unlink(missing_ok=True)
-        write_atomically(run_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history).encode())
+        write_history(run_dir, history)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """run_dir/history.jsonl, one JSON line per epoch, rewritten whole and atomically after each epoch (an
+    append cut short by a full disk or a kill would leave a partial last line)."""
+    write_atomically(run_dir / "history.jsonl", "".join(json.dumps(entry) + "\n" for entry in history))
 

@@ -20,6 +20,7 @@ from captioner.checkpoint import CheckpointError, check_compatible, read_checkpo
 from captioner.config import Config, save_yaml, to_dict
 from captioner.data import Splits, load_dataset
 from captioner.data.batches import CaptionedImages, epoch_batches, make_loader
+from captioner.data.paths import shown_path
 from captioner.data.records import ImageRecord
 from captioner.devices import resolve_device
 from captioner.evaluation import evaluate
@@ -33,7 +34,7 @@ from captioner.training.memory import check_model_fits
 from captioner.training.progress import (CHECKPOINT_METRICS, Progress, best_score_on_disk, check_resumable,
                                          check_resume_changes, resume_target)
 from captioner.training.randomness import restore_rng, rng_state, seed_everything
-from captioner.training.run_dir import check_run_dir_is_free, claim_run_dir, prepare_run_dir
+from captioner.training.run_dir import check_run_dir_is_free, claim_run_dir, prepare_run_dir, write_history
 from captioner.training.self_critical import SelfCriticalLoss
 from captioner.training.stops import EXIT_INTERRUPTED, NonFiniteLoss, StopOnSignal, TrainingInterrupted
 from captioner.training.tensorboard import open_log, require_tensorboard
@@ -287,8 +288,7 @@ class Trainer:
             self.board.epoch(self.progress.step, metrics, captions,
                              [record.captions[0] for record in self.validation_records()[: len(captions)]])
         if self.cluster.is_main:
-            with open(self.run_dir / "history.jsonl", "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            write_history(self.run_dir, self.history)
         score = entry[self.config.train.checkpoint_metric]  # "epoch": the latest epoch is always best
         if score > self.progress.best_score:
             self.progress.best_score = score
@@ -354,11 +354,12 @@ class Trainer:
         inputs = self.inputs.stored_features(records) if self.inputs.cached else None
         metrics, captions = evaluate(self.model, records, split, self.model.decoding, ev.batch_size,
                                      cluster=self.cluster, meteor=ev.meteor, **self.inputs.for_evaluation(inputs))
-        metrics["examples"] = [{"image": r.path, "generated": c, "references": list(r.captions)}
+        metrics["examples"] = [{"image": shown_path(r.path, self.config.data.root), "generated": c,
+                                "references": list(r.captions)}
                                for r, c in zip(records[:10], captions[:10])]
         metrics["history"] = self.history
         if self.cluster.is_main:
-            (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_atomically(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         if self.board:
             self.board.close()
         return metrics
