@@ -22,19 +22,26 @@ standard Unix tool.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import json
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from captioner.caption_output import (  # noqa: E402
+    FORMATS,
+    AttentionMapWriter,
+    Captioned,
+    OutputError,
+    Refusal,
+    Writer,
+    shown_name,
+)
 from captioner.checkpoint import CheckpointError  # noqa: E402
 from captioner.cli import OneLineParser, check_numbers  # noqa: E402
 from captioner.config import RANGES  # noqa: E402
@@ -45,7 +52,6 @@ from captioner.modes import evaluating  # noqa: E402
 from captioner.release import DEFAULT_MODEL, from_pretrained  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")  # what a folder search keeps
-FORMATS = ("text", "jsonl", "csv")
 PROGRESS_FROM = 50  # images: fewer than this and no progress bar is drawn
 EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_WRITE_FAILED, EXIT_CLOSED_PIPE = 1, 2, 4, 141
 # Every number the command takes, with its interval (RANGES notation): the config key's own range in
@@ -53,24 +59,6 @@ EXIT_SOME_FAILED, EXIT_REFUSED, EXIT_WRITE_FAILED, EXIT_CLOSED_PIPE = 1, 2, 4, 1
 OPTION_RANGES = {"beam_size": RANGES["eval.beam_size"], "max_length": RANGES["eval.max_length"],
                  "no_repeat_ngram_size": RANGES["eval.no_repeat_ngram_size"], "batch_size": RANGES["eval.batch_size"],
                  "threads": RANGES["train.threads"], "temperature": "[0, 100]", "seed": "[0, 4294967295]"}
-
-
-class Refusal(Exception):
-    """The command cannot start (exit 2); the message is one line."""
-
-
-class OutputError(Exception):
-    """The captions or the attention maps could not be written (exit 4); the message is one line."""
-
-
-@dataclass
-class Captioned:
-    """One image's result: its alternatives best first (rank 0 is the caption)."""
-
-    file: str  # the path as found from the command line
-    captions: list[str]
-    log_probs: list[float]
-    finished: list[bool]
 
 
 def find_images(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -125,51 +113,6 @@ def caption_files(model: Captioner, files: list[str], decoding: Decoding, batch_
         for name, generation in zip(names, generations):
             yield Captioned(name, [" ".join(words) for words in generation.words], generation.log_probs,
                             generation.finished)
-
-
-class Writer:
-    """Writes results to `stream` in one of FORMATS, flushed per image so a pipe sees them at once."""
-
-    def __init__(self, stream: TextIO, format_name: str) -> None:
-        self.stream, self.format_name = stream, format_name
-        self.csv = csv.writer(stream, lineterminator="\n") if format_name == "csv" else None
-        if self.csv is not None:
-            self.csv.writerow(["file", "caption", "log_prob"])
-
-    def write(self, result: Captioned) -> None:
-        """One record; a closed pipe raises BrokenPipeError, any other failed write an OutputError."""
-        try:
-            self._write(result)
-        except BrokenPipeError:
-            raise
-        except OSError as error:
-            raise OutputError(f"cannot write the captions to stdout ({error.strerror or error})") from None
-
-    def _write(self, result: Captioned) -> None:
-        if self.format_name == "jsonl":
-            alternatives = [{"caption": caption, "log_prob": round(log_prob, 4), "finished": finished}
-                            for caption, log_prob, finished in zip(result.captions, result.log_probs, result.finished)]
-            self.stream.write(json.dumps({"file": result.file, "caption": result.captions[0],
-                                          "log_prob": round(result.log_probs[0], 4),
-                                          "alternatives": alternatives}) + "\n")
-        elif self.csv is not None:
-            self.csv.writerow([result.file, result.captions[0], round(result.log_probs[0], 4)])
-        else:
-            self.stream.write(f"{shown_name(result.file, self.stream.encoding)}\t{result.captions[0]}\n")
-        self.stream.flush()
-
-
-def shown_name(name: str, encoding: str | None = None) -> str:
-    """`name` as one line of text output and of stderr: itself, or a JSON string (ASCII) when it holds a
-    tab, a newline or another unprintable character (a non-UTF-8 byte too), starts with a quote, or
-    cannot be encoded in `encoding`: a file name never forges a second record."""
-    plain = name.isprintable() and not name.startswith('"')
-    if plain:
-        try:
-            name.encode(encoding or "utf-8")
-        except UnicodeEncodeError:
-            plain = False
-    return name if plain else json.dumps(name)
 
 
 def command_line_decoding(args: argparse.Namespace, model: Captioner) -> Decoding:
@@ -284,44 +227,6 @@ def caption_command(args: argparse.Namespace) -> int:
     bar.update(len(files) - bar.n)  # the files that failed count as done
     bar.close()
     return EXIT_SOME_FAILED if failures else 0
-
-
-class AttentionMapWriter:
-    """`--attention-maps DIR`: one PNG per captioned image, DIR/<file stem>.png (-2, -3 ... on a clash)."""
-
-    def __init__(self, model: Captioner, source: str, folder: Path) -> None:
-        """Refusal, before any image is read, for a model without attention or a folder that cannot be made."""
-        from captioner import attention_maps  # matplotlib only when maps are asked for
-
-        if not attention_maps.has_attention(model):
-            raise Refusal(f"--attention-maps: {source}: {attention_maps.NO_ATTENTION}")
-        self.model, self.folder, self.maps = model, folder, attention_maps
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise Refusal(f"--attention-maps {folder}: a file is in the way; name a folder") from None
-        except OSError as error:
-            raise Refusal(f"--attention-maps {folder}: cannot create the folder ({error.strerror})") from None
-        self.used: set[str] = set()
-
-    def write(self, files: list[str], pixels: torch.Tensor, generations: list[Generation]) -> None:
-        for index, (file, generation) in enumerate(zip(files, generations)):
-            trace = self.maps.trace_attention(self.model, pixels[index : index + 1], generation.token_ids[0],
-                                              generation.finished[0])
-            path = self.folder / self.name_for(file)
-            try:
-                self.maps.save_attention_figure(trace, path)
-            except OSError as error:
-                raise OutputError(f"--attention-maps: cannot write {path} ({error.strerror or error})") from None
-
-    def name_for(self, file: str) -> str:
-        stem, number = Path(file).stem, 1
-        name = f"{stem}.png"
-        while name in self.used:
-            number += 1
-            name = f"{stem}-{number}.png"
-        self.used.add(name)
-        return name
 
 
 def _one_line(error: BaseException) -> str:
