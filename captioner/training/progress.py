@@ -122,6 +122,7 @@ RESUME_MAY_CHANGE = (
     "train.lr_schedule", "train.warmup_steps", "train.self_critical_epochs", "train.self_critical_learning_rate",
     "train.checkpoint_metric", "train.val_max_images", "train.device", "train.threads", "train.num_workers",
     "train.log_every", "train.tensorboard", "data.feature_cache_dir",
+    "data.root",  # where the same data lives now: a moved or remounted folder; the data check reads it again
 )
 AT_EPOCH_END = ("train.batch_size",)  # mid-epoch it would skip or repeat images: only between epochs
 
