@@ -4,6 +4,7 @@
     python train.py --config configs/shapes.yaml train.epochs=3 model.cell=gru
     python train.py --resume runs/shapes/last.pt      # continue an interrupted run
     python train.py --force                           # start over in a run_dir that holds a run
+    python train.py --config configs/finetune.yaml data.root=my-photos   # fine-tune the shipped photo model
     torchrun --nproc_per_node=4 train.py ...          # data parallel, one process per GPU (captioner/distributed.py)
     python train.py --config configs/scorer.yaml      # a `task: scorer` config: the image–sentence scorer
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file (default: %(default)s)")
     parser.add_argument("--resume", default=None,
                         help="checkpoint to continue from (e.g. runs/shapes/last.pt), or a run directory: its last.pt")
+    parser.add_argument("--init-from", default=None, metavar="NAME|DIR|CHECKPOINT",
+                        help="fine-tune a release or a checkpoint (the same as the override train.init_from=...)")
     parser.add_argument("--force", action="store_true",
                         help="start a new run in a run_dir that holds one (its last.pt, best.pt and history go)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--resume: a scorer run (task: scorer) cannot be resumed; start it again")
         return train_scorer(["--config", args.config, *args.overrides])
     try:
-        config = load_config(args.config, args.overrides)
+        init_from = [f"train.init_from={args.init_from}"] if args.init_from is not None else []
+        config = load_config(args.config, [*args.overrides, *init_from])
         from captioner.training.trainer import Trainer  # after the config check: a bad key fails before torch loads
 
         trainer = Trainer(config, resume=args.resume, force=args.force)

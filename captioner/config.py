@@ -114,9 +114,14 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes for image decoding
     threads: int = 0  # torch CPU threads (0 = torch's default)
     val_max_images: int = 0  # validate on at most this many images (0 = all)
-    checkpoint_metric: Literal["bleu4", "cider"] = "bleu4"  # the validation metric that chooses best.pt
+    checkpoint_metric: Literal["bleu4", "cider", "epoch"] = "bleu4"  # the validation metric that chooses best.pt
+    #   (cider: CIDEr-D; epoch: the last epoch, for a validation split of a few photos, which chooses by noise)
     log_every: int = 50  # steps between progress-bar updates of the loss (and TensorBoard points)
     tensorboard: bool = False  # also log to <run_dir>/tensorboard (needs the `tensorboard` extra)
+    init_from: str = ""  # fine-tune: a release (shipped name or directory) or a .pt checkpoint gives the model
+    #   and its words, the data adds words (captioner/training/init_from.py); "" = train from scratch
+    new_word_init: Literal["mean", "unk", "normal"] = "normal"  # rows of the words init_from lacks: the mean of its
+    #   rows | a copy of its <unk> row | random normal at its rows' mean and scale
 
 
 @dataclass

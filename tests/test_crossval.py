@@ -7,7 +7,7 @@ import random
 import pytest
 from conftest import REPO, tiny_overrides
 
-from captioner.crossval import REPORTED, fold_splits, main
+from captioner.crossval import REPORTED, fold_splits, main, naming_percent, pooled_scores
 from captioner.data.records import ImageRecord
 
 
@@ -82,3 +82,15 @@ def test_crossval_refuses_a_compared_setting_outside_eval(tmp_path, capsys):
                  f"run_dir={tmp_path / 'never'}"])
     assert code == 2 and "--compare model.dropout=0.5" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_naming_and_pooled_scores_count_every_held_out_caption_once():
+    """--name-words: the share of captions naming a word; pooled: all folds' captions scored together."""
+    captions = ["a jet on the runway", "a man", "two planes", "an airplane"]
+    assert naming_percent(captions, frozenset({"jet", "airplane"})) == 50.0  # "planes" is another word
+    photos = [ImageRecord(f"img{i}", f"/photos/img{i}.jpg", ("a white jet on the runway",), "test") for i in range(4)]
+    runs = [{"seed": 0, "captions": {"config": {"img0": "a white jet on the runway", "img1": "a man"}}},
+            {"seed": 0, "captions": {"config": {"img2": "a white jet on the runway", "img3": "a dog"}}}]
+    pooled = pooled_scores(runs, {photo.image_id: photo for photo in photos}, frozenset({"jet"}))["seed-0"]["config"]
+    assert pooled["images"] == 4 and pooled["naming_percent"] == 50.0
+    assert 0.0 < pooled["bleu4"] < 100.0  # two exact captions and two without a 4-gram in common

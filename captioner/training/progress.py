@@ -10,7 +10,9 @@ from captioner.checkpoint import CheckpointError, read_checkpoint
 from captioner.config import Config, to_dict
 from captioner.training.randomness import check_rng_state
 
-CHECKPOINT_METRICS = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}  # train.checkpoint_metric: its name in the log
+# train.checkpoint_metric: its name in the log. "epoch" keeps the last epoch, for a validation split too
+# small to choose on (a few photos: docs/finetuning.md)
+CHECKPOINT_METRICS = {"bleu4": "BLEU-4", "cider": "CIDEr-D", "epoch": "epoch"}
 
 
 @dataclass

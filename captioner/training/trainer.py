@@ -27,6 +27,7 @@ from captioner.evaluation import evaluate
 from captioner.files import write_atomically
 from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
+from captioner.training.init_from import copy_initial_weights, extended_vocabulary, fine_tuning_start
 from captioner.training.inputs import RunInputs, check_splits
 from captioner.training.optimizer import autocast, build_optimizer, build_scheduler
 from captioner.training.memory import check_model_fits
@@ -60,6 +61,8 @@ class Trainer:
         config = self.config
         require_tensorboard(config.train.tensorboard)  # a missing package fails before any work
         resumed = read_checkpoint(resume) if resume else None
+        config, self.initial = fine_tuning_start(config, resumed)  # train.init_from: its model config and weights
+        self.config = config
         if resumed:
             check_resume_changes(resumed, config, resume)
             check_resumable(resumed, resume)
@@ -81,9 +84,20 @@ class Trainer:
         with distributed.main_first(self.cluster):  # rank 0 generates the shapes data if needed, the others read it
             self.splits = splits if splits is not None else load_dataset(config.data, log=self.log)
         check_splits(self.splits, config.data.root)
-        self.vocab = Vocabulary.from_dict(resumed["vocab"]) if resumed else Vocabulary.build(
-            (c for r in self.splits["train"] for c in r.captions), config.data.min_word_count)
+        captions = [caption for record in self.splits["train"] for caption in record.captions]
+        initial = self.initial
+        if resumed:
+            self.vocab = Vocabulary.from_dict(resumed["vocab"])
+        elif initial:
+            self.vocab = extended_vocabulary(initial.vocab, captions, config.data.min_word_count)
+        else:
+            self.vocab = Vocabulary.build(captions, config.data.min_word_count)
         self.model = Captioner(config.model, self.vocab).to(self.device)
+        if initial:  # before the feature cache keys on the encoder's weights
+            copy_initial_weights(self.model, initial, config.train.new_word_init)
+            self.log(f"fine-tuning {config.train.init_from}: its {len(initial.vocab)} words, "
+                     f"{len(self.vocab) - len(initial.vocab)} new ones")
+            self.initial = None  # its weights are copied: free its memory
         self.model.decoding = config.eval.decoding()  # validation, test and self-critical samples decode so
         self.optimizer = build_optimizer(self.model, config)
         self.inputs = RunInputs(config, self.model.encoder, self.cluster, self.log)
@@ -275,7 +289,7 @@ class Trainer:
                              [record.captions[0] for record in self.validation_records()[: len(captions)]])
         if self.cluster.is_main:
             write_history(self.run_dir, self.history)
-        score = metrics[self.config.train.checkpoint_metric]
+        score = entry[self.config.train.checkpoint_metric]  # "epoch": the latest epoch is always best
         if score > self.progress.best_score:
             self.progress.best_score = score
             self.save("best.pt", metrics=metrics)  # before last.pt: a kill in between redoes this epoch on resume
