@@ -1,9 +1,10 @@
 """Atomic file writes: a reader (or a crash) sees the old file or the whole new one, never a half.
 
 Every file the project writes for a user to keep (checkpoints, metrics, the history, config.yaml,
-the vocabulary, feature-cache shards and index, attention maps, releases) goes through
-`write_atomically`: a temporary file beside the target, flushed to disk, then renamed over it
-(`os.replace` is atomic within one directory). The built-in dataset's images are written in place:
+the vocabulary, feature-cache shards and index, attention maps) goes through `write_atomically`: a
+temporary file beside the target, flushed to disk, then renamed over it (`os.replace` is atomic
+within one directory). A release, a directory of files, goes through `write_directory_atomically`:
+a temporary directory beside the target, every file and the directory flushed, then renamed. The built-in dataset's images are written in place:
 its index, written last and atomically, is what marks them complete (data/shapes.py).
 
     write_atomically(path, "text")                    # str: written as UTF-8
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -71,3 +74,58 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
             continue  # another writer drew the same name: draw again
         except OSError as error:
             raise WriteError(error, path) from error
+
+
+def write_directory_atomically(directory: str | Path, files: dict[str, bytes]) -> None:
+    """Write `files` (name -> bytes) as the directory `directory`, which appears whole or not at all.
+    An existing directory there is set aside only once the new one is complete, and removed last."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        for name, content in files.items():
+            _write_synced(temporary / name, content)
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp made it 0700 whatever the umask
+        _sync_directory(temporary)
+        _move_into_place(temporary, directory)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _write_synced(path: Path, content: bytes) -> None:
+    with open(path, "wb") as handle:  # open() gives the umask's mode, as any new file
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _move_into_place(temporary: Path, directory: Path) -> None:
+    """Rename `temporary` to `directory`; an old directory there is set aside first and removed last."""
+    old = None
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+    try:
+        os.replace(temporary, directory)
+    except BaseException:
+        if old is not None:
+            os.replace(old, directory)
+        raise
+    _sync_directory(directory.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

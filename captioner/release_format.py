@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from captioner.checkpoint import CheckpointError
 from captioner.config import Config, to_dict
 from captioner.encoders import efficientnet_lite
+from captioner.files import write_directory_atomically
 from captioner.model_card import render_card
 
 FORMAT_VERSION = 1
@@ -149,58 +147,10 @@ def write_release(directory: Path, config: dict[str, Any], tensors: dict[str, to
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory}: a release is already there (overwrite it with --force)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
     weights = safetensors_bytes(tensors, metadata={"format": "pt", MODEL_HASH_KEY: model_hash(config)})
     config = {**config, "weights": {**config["weights"], "sha256": hashlib.sha256(weights).hexdigest()}}
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        for name, content in ((WEIGHTS_FILE, weights), (CONFIG_FILE, json.dumps(config, indent=2).encode() + b"\n"),
-                              (CARD_FILE, card.encode())):
-            _write_synced(temporary / name, content)
-        os.chmod(temporary, 0o777 & ~_umask())
-        _sync_directory(temporary)
-        _move_into_place(temporary, directory)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
-def _write_synced(path: Path, content: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _sync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _move_into_place(temporary: Path, directory: Path) -> None:
-    """Rename `temporary` to `directory`; an old release there is set aside first and removed last."""
-    old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-    try:
-        os.replace(temporary, directory)
-    except BaseException:
-        if old is not None:
-            os.replace(old, directory)
-        raise
-    _sync_directory(directory.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    write_directory_atomically(directory, {WEIGHTS_FILE: weights, CARD_FILE: card.encode(),
+                                           CONFIG_FILE: json.dumps(config, indent=2).encode() + b"\n"})
 
 
 def read_release_config(directory: Path) -> dict[str, Any]:

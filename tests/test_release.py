@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from captioner import from_pretrained, load_checkpoint, release_format
+from captioner import files, from_pretrained, load_checkpoint, release_format
 from captioner import release as release_module
 from captioner.checkpoint import CheckpointError
 from captioner.config import ModelConfig
@@ -98,7 +98,7 @@ def test_saving_never_clobbers_an_existing_release(lite_release, tmp_path, monke
             raise OSError(28, "No space left on device")
         path.write_bytes(content)
 
-    monkeypatch.setattr(release_format, "_write_synced", fail_on_the_second_file)
+    monkeypatch.setattr(files, "_write_synced", fail_on_the_second_file)
     with pytest.raises(OSError, match="No space"):
         model.save_pretrained(target, overwrite=True)
     assert {path.name: path.read_bytes() for path in target.iterdir()} == before

@@ -17,8 +17,7 @@ from test_rnn_cells import (
 )
 from torch import nn
 
-from captioner.rnn import fused
-from captioner.rnn import gemm
+from captioner.rnn import fused, gemm
 from captioner.rnn.recorder import recording
 from captioner.rnn.stacked import StackedLSTM
 

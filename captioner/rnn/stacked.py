@@ -17,6 +17,7 @@ from captioner.rnn import fused
 from captioner.rnn.cells import CELLS, PEEPHOLES, State, Weights
 from captioner.rnn.recorder import is_recording, record
 
+
 class StackedLSTM(nn.Module):
     """Stacked, optionally bidirectional recurrent layers with nn.LSTM's interface (batch_first=True).
 
@@ -130,7 +131,7 @@ class StackedLSTM(nn.Module):
         weights = self._weights(layer, direction)
         if self.fast and fused.fast_path_applies(layer_input, self.cell):  # zero state: None, skips W_h h_0
             return fused.lstm_layer(layer_input, weights, None if zero_state else h,
-                                        None if zero_state else c, reverse=bool(direction))
+                                    None if zero_state else c, reverse=bool(direction))
         x_gates = self._input_gates(layer_input, weights)  # (T, B, G*H), one matmul for all T
         T = x_gates.shape[0]
         outputs: list[Tensor] = [h] * T

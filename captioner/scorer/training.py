@@ -29,6 +29,7 @@ from captioner.data import load_dataset
 from captioner.data.batches import preprocess_file
 from captioner.data.feature_cache import FeatureCache, feature_cache_directory
 from captioner.data.records import DatasetFormatError, ImageRecord
+from captioner.devices import resolve_device
 from captioner.encoders.backbones import Encoder, EncoderError, build_encoder
 from captioner.files import write_atomically
 from captioner.metrics.bleu import bleu_scores
@@ -42,7 +43,6 @@ from captioner.scorer.model import (
     scorer_payload,
 )
 from captioner.scorer.rerank import rerank_generations
-from captioner.devices import resolve_device
 from captioner.training.randomness import seed_everything
 from captioner.training.run_dir import prepare_run_dir
 from captioner.vocab import Vocabulary, tokenize

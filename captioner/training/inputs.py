@@ -10,12 +10,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from captioner import distributed
 from captioner.config import Config
 from captioner.data.batches import build_image_bank
 from captioner.data.feature_cache import FeatureCache, StoredFeatures, feature_cache_directory
 from captioner.data.records import DatasetFormatError, ImageRecord
 from captioner.encoders.backbones import Encoder
-from captioner import distributed
 
 BANK_BUDGET_BYTES = 4 << 30  # keep preprocessed pixels in memory up to this size per machine, else stream
 

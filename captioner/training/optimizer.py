@@ -9,6 +9,7 @@ import torch
 from captioner.config import Config
 from captioner.model import Captioner
 
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
     """The training forward pass's numeric format (train.precision).
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -11,6 +11,7 @@ from typing import Any
 
 from captioner.files import write_atomically
 
+
 def prepare_run_dir(run_dir: Path) -> Path:
     """Create the run directory and prove it is writable before any work starts."""
     try:

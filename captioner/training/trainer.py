@@ -29,10 +29,16 @@ from captioner.metrics.report import epoch_line
 from captioner.model import Captioner, current_weights
 from captioner.training.init_from import copy_initial_weights, extended_vocabulary, fine_tuning_start
 from captioner.training.inputs import RunInputs, check_splits
-from captioner.training.optimizer import autocast, build_optimizer, build_scheduler
 from captioner.training.memory import check_model_fits
-from captioner.training.progress import (CHECKPOINT_METRICS, Progress, best_score_on_disk, check_resumable,
-                                         check_resume_changes, resume_target)
+from captioner.training.optimizer import autocast, build_optimizer, build_scheduler
+from captioner.training.progress import (
+    CHECKPOINT_METRICS,
+    Progress,
+    best_score_on_disk,
+    check_resumable,
+    check_resume_changes,
+    resume_target,
+)
 from captioner.training.randomness import restore_rng, rng_state, seed_everything
 from captioner.training.run_dir import check_run_dir_is_free, claim_run_dir, prepare_run_dir, write_history
 from captioner.training.self_critical import SelfCriticalLoss
