@@ -86,6 +86,7 @@ class ModelConfig:
     image_fit: ImageFit = "crop"  # how a photo becomes the backbone's square input: centre crop | stretch whole
     image_size: int = 0  # side of the backbone's input in pixels; 0 = the size it was trained at
     region_positions: bool = True  # add a learned embedding of each region's grid cell (attention.py)
+    coordinate_channels: bool = False  # small_cnn: each pixel's x, y as two more input channels (CoordConv)
 
 
 @dataclass
@@ -112,7 +113,7 @@ class TrainConfig:
     seed: int = 0  # seeds python, torch and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader worker processes for image decoding
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # torch CPU threads (0 = one per core free at the start, devices.free_cores)
     val_max_images: int = 0  # validate on at most this many images (0 = all)
     checkpoint_metric: Literal["bleu4", "cider", "epoch"] = "bleu4"  # the validation metric that chooses best.pt
     #   (cider: CIDEr-D; epoch: the last epoch, for a validation split of a few photos, which chooses by noise)
@@ -135,7 +136,7 @@ class EvalConfig:
     length_penalty: float = 0.0  # beam search ranks finished captions by log p / length**alpha (0 = raw log p)
     allow_unknown_word: bool = False  # let captions hold <unk> (the raw model); <pad> and <start> are never generated
     batch_size: int = 100  # images per generation batch
-    meteor: bool = True  # score METEOR too (starts Java once per run; left out, with a note, without Java)
+    meteor: bool = True  # score METEOR in the test evaluation (Java, once; left out with a note without it)
 
     def decoding(self) -> Decoding:
         """The settings above as `Captioner.generate` takes them (beam_size, not val_beam_size)."""

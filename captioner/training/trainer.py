@@ -134,7 +134,14 @@ class Trainer:
             self.log(distributed.describe(self.cluster, config.train.batch_size, config.train.learning_rate,
                                           config.train.scale_lr))
         self.log(f"vocabulary: {len(self.vocab)} words | parameters: {sum(p.numel() for p in self.model.parameters()):,}"
-                 f" | device: {self.device} | run: {self.run_dir}")
+                 f" | device: {self.device}{self.threads()} | run: {self.run_dir}")
+
+    def threads(self) -> str:
+        """", 2 threads" on the CPU: train.threads, or the cores free at the start (devices.free_cores)."""
+        if self.device.type != "cpu":
+            return ""
+        count = torch.get_num_threads()
+        return f", {count} thread{'s' if count > 1 else ''}"
 
     def carry_best_checkpoint(self, source: Path) -> None:
         """A resume into another run_dir continues the run there: its best.pt comes along, so the final
@@ -279,7 +286,7 @@ class Trainer:
         distributed.sync_buffers(self.model, self.cluster)
         decoding = replace(self.model.decoding, beam_size=ev.val_beam_size)
         metrics, captions = evaluate(self.model, self.validation_records(), "val", decoding, ev.batch_size,
-                                     cluster=self.cluster, meteor=ev.meteor,
+                                     cluster=self.cluster, meteor=False,  # the test has it; no choice needs it
                                      **self.inputs.for_evaluation(self.val_inputs))
         self.progress.epoch += 1
         self.progress.batch = 0
