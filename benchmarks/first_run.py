@@ -14,8 +14,13 @@ and its output goes to <tmp>/train.log (kept, and named, when the run fails). Pe
   CPU s            user + sys of train.py and the descendants it waited for (os.wait4's rusage)
   peak RSS (tree)  the peak of the SUM of VmRSS over train.py and all its descendants, read from
                    /proc every 0.2 s: METEOR's Java scorer (~1.2 GB) runs beside train.py, and a
-                   per-process maximum would hide it (a spike shorter than 0.2 s can be missed)
-  largest process  the largest single process's maximum RSS (wait4's ru_maxrss): exact, but one
+                   per-process maximum would hide it. A spike shorter than 0.2 s can be missed:
+                   the JSON also has the sum of each process's VmHWM, an upper bound (their peaks
+                   need not coincide), so the true peak lies between the two
+  largest process  the largest single process's VmHWM (its own high-water mark, read at each
+                   sample). Not wait4's ru_maxrss: a child started by fork/vfork and exec keeps the
+                   high-water mark of the parent's memory: it reports at least this benchmark's
+                   own size (0.7-0.9 GB with torch loaded), whatever train.py holds
 and the test BLEU-4, content accuracy and relation accuracy of <run_dir>/metrics.json.
 
 The child gets our environment less the OMP_WAIT_POLICY=PASSIVE that benchmarks/run.py sets for
@@ -56,17 +61,22 @@ MB = 1024 * 1024
 
 
 class TreeMemory(threading.Thread):
-    """Samples the summed RSS of a process and all its descendants until stopped; keeps the peak."""
+    """Samples the summed RSS of a process and all its descendants until stopped. Keeps the
+    peak (a lower bound of the true one) and each process's high-water mark (summed: an upper)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_bytes, self.most_processes = pid, 0, 0
+        self.high_water: dict[int, int] = {}  # pid -> VmHWM, the most it ever held
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
             tree = descendants(self.pid)
-            self.peak_bytes = max(self.peak_bytes, sum(_rss_bytes(pid) for pid in tree))
+            sizes = {pid: _memory_bytes(pid) for pid in tree}
+            self.peak_bytes = max(self.peak_bytes, sum(rss for rss, _ in sizes.values()))
+            for pid, (_, high_water) in sizes.items():
+                self.high_water[pid] = max(self.high_water.get(pid, 0), high_water)
             self.most_processes = max(self.most_processes, len(tree))
             self.stopped.wait(SAMPLE_SECONDS)
 
@@ -95,14 +105,16 @@ def descendants(root: int) -> list[int]:
     return tree
 
 
-def _rss_bytes(pid: int) -> int:
+def _memory_bytes(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process; zeros when it is gone or a zombie (no such lines)."""
+    fields = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024  # "VmRSS:   123456 kB"
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                fields[line[:5]] = int(line.split()[1]) * 1024  # "VmRSS:   123456 kB"
     except (OSError, ValueError):
         pass
-    return 0  # gone, or a zombie (no VmRSS line)
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
 
 
 def one_run(checkout: Path, overrides: list[str], env: dict[str, str], busy: bool) -> dict:
@@ -152,7 +164,8 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> dic
     return {"returncode": process.returncode, "wall_s": round(wall, 2),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "user_s": round(usage.ru_utime, 2),
             "sys_s": round(usage.ru_stime, 2), "peak_tree_rss_mb": round(memory.peak_bytes / MB, 1),
-            "largest_process_rss_mb": round(usage.ru_maxrss * 1024 / MB, 1),  # KiB on Linux
+            "largest_process_rss_mb": round(max(memory.high_water.values(), default=0) / MB, 1),
+            "sum_of_process_peaks_mb": round(sum(memory.high_water.values()) / MB, 1),
             "most_processes": memory.most_processes}
 
 

@@ -57,6 +57,8 @@ def _check_first_run(result: dict) -> None:
     for record in result["runs"]:
         assert record["wall_s"] > 0 and record["cpu_s"] > 0, record
         assert record["peak_tree_rss_mb"] > 50 and record["largest_process_rss_mb"] > 50, record
+        assert record["sum_of_process_peaks_mb"] >= record["peak_tree_rss_mb"], record
+        assert record["sum_of_process_peaks_mb"] >= record["largest_process_rss_mb"], record
         assert record["most_processes"] >= 1
         assert isinstance(record["bleu4"], (int, float)) and 0 <= record["content_accuracy"] <= 100
         assert record["relations_stated"] is not None and len(record["epoch_seconds"]) == 1
@@ -99,6 +101,7 @@ def test_first_run_memory_counts_the_whole_process_tree():
         time.sleep(0.3)
         memory.stop()
         assert memory.most_processes == 2 and memory.peak_bytes > 2 * 1024 * 1024
+        assert sum(memory.high_water.values()) >= memory.peak_bytes
     finally:
         child.wait()
 
