@@ -86,7 +86,6 @@ class ModelConfig:
     image_fit: ImageFit = "crop"  # how a photo becomes the backbone's square input: centre crop | stretch whole
     image_size: int = 0  # side of the backbone's input in pixels; 0 = the size it was trained at
     region_positions: bool = True  # add a learned embedding of each region's grid cell (attention.py)
-    coordinate_channels: bool = False  # small_cnn: each pixel's x, y as two more input channels (CoordConv)
 
 
 @dataclass

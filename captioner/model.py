@@ -37,8 +37,7 @@ class Captioner(nn.Module):
         super().__init__()
         self.config = config
         self.vocab = vocab
-        self.encoder = encoder or build_encoder(config.backbone, config.pretrained, config.image_fit, config.image_size,
-                                                config.coordinate_channels)
+        self.encoder = encoder or build_encoder(config.backbone, config.pretrained, config.image_fit, config.image_size)
         if config.freeze_encoder:
             self.encoder.freeze(config.finetune_blocks)
         elif config.finetune_blocks:

@@ -54,3 +54,21 @@ def test_resolve_device_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     devices.resolve_device("cpu", 0)
     assert torch.get_num_threads() == 2, "so does the user's OMP_NUM_THREADS"
+
+
+def test_a_resume_takes_the_threads_of_the_run_it_continues(tmp_path, monkeypatch):
+    """train.threads=0 on resume: the saved run's count, whatever is free now, so that the resumed run
+    is still the uninterrupted one bit for bit (thread counts can change a sum's rounding)."""
+    from conftest import REPO, tiny_overrides
+
+    from captioner.config import load_config
+    from captioner.training.trainer import Trainer
+
+    overrides = tiny_overrides(tmp_path / "data", tmp_path / "run") + ["train.epochs=1"]
+    Trainer(load_config(REPO / "configs" / "shapes.yaml", overrides), log=lambda line: None).fit()
+    monkeypatch.setattr(devices, "free_cores", lambda most, seconds=0.25: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    resumed = load_config(REPO / "configs" / "shapes.yaml", overrides + ["train.threads=0", "train.epochs=2"])
+    trainer = Trainer(resumed, resume=tmp_path / "run" / "last.pt", log=lambda line: None)
+    assert torch.get_num_threads() == 1 and trainer.progress.threads == 1

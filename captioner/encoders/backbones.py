@@ -47,18 +47,12 @@ class Preprocessing:
 
 
 class SmallCNN(nn.Module):
-    """Conv(3x3)-BN-ReLU-MaxPool x4: 64x64 -> (128, 4, 4) -> flattened 2048-d feature.
+    """Conv(3x3)-BN-ReLU-MaxPool x4: 64x64 -> (128, 4, 4) -> flattened 2048-d feature."""
 
-    coordinates=True adds two input channels holding each pixel's x and y in [-1, 1] (CoordConv, Liu et
-    al. 2018): convolutions and max pooling are built not to know where they are, so without them a 4x4
-    map says in which 16-pixel cell an object lies but hardly where inside it, and "left of" between
-    neighbouring cells is a guess."""
-
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 128), coordinates: bool = False,
-                 side: int = 64) -> None:
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 128)) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        previous = 3 + 2 * coordinates
+        previous = 3
         for width in channels:
             layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
@@ -66,17 +60,14 @@ class SmallCNN(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.feature_dim = previous * 4 * 4
         self.map_channels = previous
-        grid = torch.linspace(-1.0, 1.0, side)
-        xy = torch.stack([grid.expand(side, side), grid.unsqueeze(1).expand(side, side)])  # (2, S, S) x, y
-        self.register_buffer("coordinates", xy.unsqueeze(0) if coordinates else None, persistent=False)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        if self.coordinates is not None:
-            x = torch.cat([x, self.coordinates.to(x.dtype).expand(x.size(0), -1, -1, -1)], dim=1)  # (B, 5, S, S)
-        return self.blocks(x)  # (B, 3, 64, 64) -> (B, C, 4, 4)
+        # channels-last: oneDNN's convolutions, batch norm and pooling run about 1.4x faster on it
+        # (measured, 32 images forward and backward on 2 cores), the same values to rounding
+        return self.blocks(x.contiguous(memory_format=torch.channels_last))  # (B, 3, 64, 64) -> (B, C, 4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).flatten(1)  # (B, 3, 64, 64) -> (B, C, 4, 4) -> (B, 16C)
+        return self.blocks(x).flatten(1)  # (B, 3, 64, 64) -> (B, C, 4, 4) -> (B, 16C)
 
 
 class Encoder(nn.Module):
@@ -167,18 +158,14 @@ class Encoder(nn.Module):
         return self.backbone(x)  # (B, F)
 
 
-def build_encoder(name: str, pretrained: bool = False, image_fit: str = "crop", image_size: int = 0,
-                  coordinates: bool = False) -> Encoder:
+def build_encoder(name: str, pretrained: bool = False, image_fit: str = "crop", image_size: int = 0) -> Encoder:
     """Build a backbone by name. Tests and the default config use no downloaded weights.
 
     image_size > 0 feeds the backbone larger (or smaller) squares than it was trained on, the resize
     scaled alike. Networks trained on random crops see objects larger than a centre crop shows them, so
     they often do better a little above their training size (Touvron et al. 2019, "FixRes"); the
-    feature map grows with it (EfficientNet-Lite0: 7x7 at 224, 9x9 at 288). coordinates: small_cnn's
-    CoordConv input channels (SmallCNN)."""
-    if coordinates and name != "small_cnn":
-        raise EncoderError(f"model.coordinate_channels=true is for model.backbone=small_cnn, not {name}")
-    encoder = _build_backbone(name, pretrained, coordinates)
+    feature map grows with it (EfficientNet-Lite0: 7x7 at 224, 9x9 at 288)."""
+    encoder = _build_backbone(name, pretrained)
     spec = encoder.preprocessing
     if image_size < 0 or (image_size and name == "small_cnn" and image_size != spec.image_size):
         raise EncoderError(f"model.image_size={image_size}: expected 0 (the backbone's own) or a side in pixels"
@@ -189,11 +176,11 @@ def build_encoder(name: str, pretrained: bool = False, image_fit: str = "crop", 
     return encoder
 
 
-def _build_backbone(name: str, pretrained: bool, coordinates: bool = False) -> Encoder:
+def _build_backbone(name: str, pretrained: bool) -> Encoder:
     if name == "small_cnn":
         if pretrained:
             raise EncoderError("model.backbone=small_cnn has no pretrained weights; set model.pretrained=false")
-        cnn = SmallCNN(coordinates=coordinates)
+        cnn = SmallCNN()
         return Encoder(cnn, cnn.feature_dim, Preprocessing(64, 64, (0.5,) * 3, (0.25,) * 3), name)
     if name in ("efficientnet_lite0", "efficientnet_lite2"):
         return _efficientnet_lite(name, pretrained)

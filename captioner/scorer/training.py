@@ -220,8 +220,7 @@ def build_parts(config: ScorerConfig, splits: dict[str, list[ImageRecord]], devi
         log(f"scorer: features and vocabulary of the captioner {model.captioner_checkpoint} "
             f"({captioner.encoder.name}, {len(captioner.vocab)} words)")
         return captioner, captioner.encoder, captioner.vocab
-    encoder = build_encoder(model.backbone, model.pretrained, model.image_fit, model.image_size,
-                            model.coordinate_channels).to(device)
+    encoder = build_encoder(model.backbone, model.pretrained, model.image_fit, model.image_size).to(device)
     vocab = Vocabulary.build((c for r in splits["train"] for c in r.captions), config.data.min_word_count)
     return None, encoder, vocab
 

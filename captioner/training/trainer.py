@@ -74,7 +74,8 @@ class Trainer:
             check_resumable(resumed, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
         check_run_dir_is_free(self.run_dir, resume, force)
-        self.device = resolve_device(config.train.device, config.train.threads)
+        saved_threads = resumed["progress"].get("threads", 0) if resumed else 0  # check_resumable: ints
+        self.device = resolve_device(config.train.device, config.train.threads or saved_threads)
         autocast(config.train.precision, self.device)  # bf16 on a GPU without it fails before any work
         check_model_fits(config.model, self.device)  # model.hidden_size=200000 fails here, not after the data
         return resumed
@@ -117,6 +118,7 @@ class Trainer:
         self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
         if resumed:
             self.restore(resumed, resume)
+        self.progress.threads = torch.get_num_threads() if self.device.type == "cpu" else 0
 
     def claim(self, resumed: dict[str, Any] | None, resume: Path | None, force: bool) -> None:
         """Lock run_dir and make its files this run's (rank 0), then say what runs where."""
