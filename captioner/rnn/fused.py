@@ -8,6 +8,8 @@ tiles, and every weight gradient is ONE large GEMM over all T*B rows after the l
 writes into preallocated buffers, in place. The readable `lstm_cell` stays the reference: this file must
 match it to 1e-5 (tests/test_rnn_fused.py runs the same oracles on both paths). `decoding_step` is the
 same cell for one step without autograd (greedy and beam search), with [W_x | W_h] joined and cached.
+A layer runs on packed rows (packing.py): step t is the batch_sizes[t] captions still running, so a
+caption that has ended costs nothing, forward or backward; a dense batch is B rows at every step.
 
 Forward, one layer (Hochreiter & Schmidhuber 1997 with a forget gate; gate order i, f, g, o as nn.LSTM):
     A_t = W_x x_t + b_x + b_h + W_h h_{t-1}       (the W_x x_t part for all t in one GEMM)

@@ -24,7 +24,8 @@ class StackedLSTM(nn.Module):
     """Stacked, optionally bidirectional recurrent layers with nn.LSTM's interface (batch_first=True).
 
     forward(x (B, T, input_size), state=None) -> (output (B, T, D*H), (h_n, c_n) each (D*num_layers, B, H)),
-    D = 2 if bidirectional; state rows are ordered layer-major, direction-minor, as in nn.LSTM.
+    D = 2 if bidirectional; state rows are ordered layer-major, direction-minor, as in nn.LSTM. x may be a
+    PackedSequence (captions of different lengths), as for nn.LSTM: the output is one too.
     state=None means h_0 = c_0 = 0. Dropout acts on each layer's output except the last, in training only.
     rnn and gru have no cell state: their c is ignored on input (None is accepted) and c_n is all zeros of
     h_n's shape, so every cell returns the same (h, c) type and the decoder needs no special case.
@@ -106,7 +107,8 @@ class StackedLSTM(nn.Module):
                                  f"= (D*num_layers, B, H), got {got}")
         return h, c
 
-    def forward(self, x: Tensor | PackedSequence, state: Optional[State] = None) -> tuple[Tensor | PackedSequence, State]:
+    def forward(self, x: Tensor | PackedSequence,
+                state: Optional[State] = None) -> tuple[Tensor | PackedSequence, State]:
         """Run the whole sequence; see the class docstring for shapes. A `PackedSequence` (captions of
         different lengths, packing.py) gives a PackedSequence out and each row's state after its own
         last step, as nn.LSTM does; no step is spent on padding."""
