@@ -20,6 +20,10 @@ from typing import Callable, Sequence
 import torch
 
 
+class BenchmarkError(RuntimeError):
+    """A benchmark could not measure (e.g. the job it times failed): run.py prints the one line and exits 1."""
+
+
 @dataclass
 class Settings:
     """Options every benchmark reads (set by benchmarks/run.py)."""

@@ -80,9 +80,10 @@ class ModelConfig:
     dropout: float = 0.3  # on embeddings, between layers and before the output layer (shapes.yaml: 0.1, 6000 scenes)
     image_as: Literal["first_input", "initial_state"] = "first_input"  # Show and Tell | h_0, c_0 = tanh(W f)
     attention: bool = False  # soft attention over the encoder's map (Show, Attend and Tell; shapes.yaml: true)
-    attention_query: Literal["previous", "current"] = "previous"  # previous: h_{t-1} looks, context into the
-    #   LSTM (Xu et al. 2015) | current: h_t looks, context into the output (Lu et al. 2017), no loop over time
-    attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size
+    attention_query: Literal["previous", "current"] = "previous"  # previous: h_{t-1} looks (shapes.yaml: current),
+    #   context into the LSTM (Xu et al. 2015) | current: h_t looks, context into the output (Lu et al. 2017),
+    #   no loop over time
+    attention_size: int = 0  # width A of the attention MLP w^T tanh(W_k V + W_q h); 0 = embed_size (shapes.yaml: 64)
     image_fit: ImageFit = "crop"  # how a photo becomes the backbone's square input: centre crop | stretch whole
     image_size: int = 0  # side of the backbone's input in pixels; 0 = the size it was trained at
     region_positions: bool = True  # add a learned embedding of each region's grid cell (attention.py)
@@ -90,12 +91,12 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the training captions (shapes.yaml: 8)
+    epochs: int = 10  # passes over the training captions (shapes.yaml: 9)
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     batch_size: int = 32  # images per step
     captions_per_image: int = 5  # captions trained per image in a step (the image is encoded once)
     optimizer: Literal["adam", "adamw"] = "adam"
-    learning_rate: float = 2e-3  # peak learning rate of the decoder and a trainable encoder (shapes.yaml: 3e-3)
+    learning_rate: float = 2e-3  # peak learning rate of the decoder and a trainable encoder (shapes.yaml: 5e-3)
     encoder_learning_rate: float = 1e-4  # learning rate of fine-tuned pretrained blocks
     weight_decay: float = 0.0  # decoupled for adamw, L2 for adam
     lr_schedule: Literal["cosine", "constant"] = "cosine"
@@ -112,7 +113,7 @@ class TrainConfig:
     seed: int = 0  # seeds python, torch and the data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0  # DataLoader worker processes for image decoding
-    threads: int = 0  # torch CPU threads (0 = torch's default)
+    threads: int = 0  # torch CPU threads (0 = one per core free at the start, devices.free_cores)
     val_max_images: int = 0  # validate on at most this many images (0 = all)
     checkpoint_metric: Literal["bleu4", "cider", "epoch"] = "bleu4"  # the validation metric that chooses best.pt
     #   (cider: CIDEr-D; epoch: the last epoch, for a validation split of a few photos, which chooses by noise)
@@ -135,7 +136,7 @@ class EvalConfig:
     length_penalty: float = 0.0  # beam search ranks finished captions by log p / length**alpha (0 = raw log p)
     allow_unknown_word: bool = False  # let captions hold <unk> (the raw model); <pad> and <start> are never generated
     batch_size: int = 100  # images per generation batch
-    meteor: bool = True  # score METEOR too (starts Java once per run; left out, with a note, without Java)
+    meteor: bool = True  # score METEOR in the test evaluation (Java, once; left out with a note without it)
 
     def decoding(self) -> Decoding:
         """The settings above as `Captioner.generate` takes them (beam_size, not val_beam_size)."""

@@ -61,8 +61,9 @@ class Captioner(nn.Module):
         inputs = captions[:, :-1]  # (B*C, L-1)
         if self.training and scheduled_sampling > 0:
             inputs = self.mix_in_predictions(features, inputs, captions_per_image, scheduled_sampling)
-        logits = self.decoder(features, inputs, captions_per_image)  # (B*C, L-1, V), each image projected once
-        targets = captions[:, 1:]  # (B, L-1)
+        targets = captions[:, 1:]  # (B*C, L-1)
+        lengths = (targets != self.vocab.pad_id).sum(dim=1)  # (B*C,) real words: no work on padding
+        logits = self.decoder(features, inputs, captions_per_image, lengths)  # (B*C, L-1, V), 0 past the ends
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=self.vocab.pad_id, label_smoothing=label_smoothing)
         return logits, loss

@@ -1,13 +1,19 @@
 """The benchmark suite runs from its one command (tiny shapes with --quick), records where its numbers came
-from, measures fairly (alternating turns), and the batched beam search it times gives identical captions."""
+from, measures fairly (alternating turns), and the batched beam search it times gives identical captions;
+first_run really runs train.py and reads back its time, its process tree's memory and its scores."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import common, run
+from benchmarks import common, first_run, run
 
 MACHINE_KEYS = {"cpu", "logical_cores", "python", "torch", "threads", "load_average_1min", "omp_wait_policy"}
 
@@ -26,6 +32,12 @@ def _run(tmp_path, *names, extra=()):
     return output
 
 
+def test_first_run_is_optional_but_runnable():
+    assert "first_run" in run.BENCHMARKS and "first_run" not in run.DEFAULT_BENCHMARKS, \
+        "a plain `python -m benchmarks` must not train the default job three times"
+    assert run.parse_args([]).only == list(run.DEFAULT_BENCHMARKS)
+
+
 @pytest.mark.parametrize("name", run.BENCHMARKS)
 def test_each_benchmark_runs_quick_and_writes_json(name, tmp_path, one_thread, capsys):
     output = _run(tmp_path, name)
@@ -36,6 +48,62 @@ def test_each_benchmark_runs_quick_and_writes_json(name, tmp_path, one_thread, c
     assert list(summary["results"]) == [name] and summary["machine"]["torch"] == torch.__version__
     printed = capsys.readouterr().out
     assert "|---|" in printed, "each benchmark prints a Markdown table"
+    if name == "first_run":  # it ran the real train.py (tiny overrides) twice
+        _check_first_run(result)
+
+
+def _check_first_run(result: dict) -> None:
+    assert len(result["runs"]) == 2 and result["busy"] is False and result["commit"]
+    for record in result["runs"]:
+        assert record["wall_s"] > 0 and record["cpu_s"] > 0, record
+        assert record["peak_tree_rss_mb"] > 50 and record["largest_process_rss_mb"] > 50, record
+        assert record["sum_of_process_peaks_mb"] >= record["peak_tree_rss_mb"], record
+        assert record["sum_of_process_peaks_mb"] >= record["largest_process_rss_mb"], record
+        assert record["most_processes"] >= 1
+        assert isinstance(record["bleu4"], (int, float)) and 0 <= record["content_accuracy"] <= 100
+        assert record["relations_stated"] is not None and len(record["epoch_seconds"]) == 1
+    summary = result["summary"]["wall_s"]
+    assert summary["min"] <= summary["median"] <= summary["max"]
+
+
+def test_first_run_fails_in_one_line_naming_the_log(tmp_path, capsys):
+    output = tmp_path / "results"
+    assert run.main(["--quick", "--output", str(output), "--only", "first_run",
+                     "--train-overrides", "train.epochs=-1"]) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("first_run: train.py exited 2") and "train.epochs" in message
+    log = message.rsplit("its log: ", 1)[1]
+    assert "train.epochs=-1" in open(log).read()
+    shutil.rmtree(Path(log).parent)
+
+
+def test_first_run_child_gets_no_omp_wait_policy_unless_the_user_set_one(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # as benchmarks/run.py sets it for itself
+    settings = common.Settings(output=Path("."), extra={"user_omp_wait_policy": None})
+    env = first_run.child_environment(settings, Path("/checkout"))
+    assert "OMP_WAIT_POLICY" not in env and env["PYTHONPATH"] == "/checkout"
+    settings.extra["user_omp_wait_policy"] = "PASSIVE"
+    assert first_run.child_environment(settings, Path("/checkout"))["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_first_run_memory_counts_the_whole_process_tree():
+    """METEOR's Java is a child of train.py: the tree holds grandchildren too."""
+    grandchild = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(3)'])"
+    child = subprocess.Popen([sys.executable, "-c", grandchild])
+    try:
+        deadline = time.monotonic() + 3
+        while len(first_run.descendants(child.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = first_run.descendants(child.pid)
+        assert tree[0] == child.pid and len(tree) == 2, tree
+        memory = first_run.TreeMemory(child.pid)
+        memory.start()
+        time.sleep(0.3)
+        memory.stop()
+        assert memory.most_processes == 2 and memory.peak_bytes > 2 * 1024 * 1024
+        assert sum(memory.high_water.values()) >= memory.peak_bytes
+    finally:
+        child.wait()
 
 
 def test_recurrent_measures_every_library_twin_against_its_reference(tmp_path, one_thread):

@@ -38,7 +38,8 @@ def test_landed_checkpoint_resumes(tmp_path: Path) -> None:
     run("train.py", "--config", "configs/shapes.yaml", "--resume", str(run_dir), f"run_dir={run_dir}",
         f"data.root={tmp_path / 'shapes'}", *DATA, "model.embed_size=8", "model.hidden_size=16",
         "model.freeze_encoder=true", "train.epochs=2", "train.batch_size=16", "train.threads=1",
-        "train.warmup_steps=2", "eval.beam_size=1", "eval.meteor=false")
+        "train.warmup_steps=2", "eval.beam_size=1", "eval.meteor=false",
+        "model.attention_query=previous", "model.attention_size=0", "train.learning_rate=0.003")  # shapes.yaml then
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in history] == [1, 2]  # the saved epoch kept, one more trained
     assert history[1]["step"] == 8

@@ -40,7 +40,7 @@ def test_attention_endpoint_returns_the_caption_and_one_figure(client):
                                   api_name="/attention")
     caption = client.predict(gradio_client.handle_file(str(SCENE)), 2, 20, "beam search", 1.0, "tiny/best.pt",
                              api_name="/caption")
-    assert header.startswith(f"**Caption:** {caption}") and "4×4 grid" in header and "h_{t-1}" in header
+    assert header.startswith(f"**Caption:** {caption}") and "4×4 grid" in header and "h_t" in header
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png")
 
 

@@ -91,15 +91,15 @@ def test_fast_equals_readable_path_at_a_decoder_like_shape(onednn, with_state):
 @pytest.mark.parametrize("with_state", [False, True])
 def test_layer_function_passes_gradcheck(with_state):
     T, B, E, H = 4, 3, 5, 4
-    x = torch.randn(T, B, E, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(T * B, E, dtype=torch.float64, requires_grad=True)  # time-major: step t is rows tB .. tB+B-1
     weights = [(torch.randn(shape, dtype=torch.float64) * 0.5).requires_grad_()
                for shape in [(4 * H, E), (4 * H, H), (4 * H,), (4 * H,)]]
     state = [None, None]
     if with_state:
         state = [torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(2)]
 
-    def run(*inputs):
-        return fused.LSTMLayerFunction.apply(*inputs)
+    def run(x, *rest):
+        return fused.LSTMLayerFunction.apply(x, (B,) * T, *rest)
     assert torch.autograd.gradcheck(run, (x, *weights, *state), eps=1e-6, atol=1e-7)
 
 

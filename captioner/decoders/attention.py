@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioner.decoders.show_and_tell import initial_state, memory_initialiser
+from captioner.rnn.packing import Packing
 from captioner.rnn.recorder import record
 from captioner.rnn.stacked import StackedLSTM
 
@@ -92,14 +93,24 @@ class AttentionDecoder(nn.Module):
         hidden, (h, c) = self.rnn.step(x, (h, c))  # (B, H)
         return self.output(self.dropout(hidden)), (h, c, regions, keys)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
-        """Teacher-forced logits, step by step (z_t needs h_{t-1}). features (B, L, D), tokens (B*repeats, T)."""
-        state = tuple(part.repeat_interleave(repeats, dim=1) for part in self.start(features))  # batch B*repeats
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits, step by step (z_t needs h_{t-1}). features (B, L, D), tokens (B*repeats, T).
+        lengths (B*repeats,): the real positions of each row. The rows then run by decreasing length and
+        step t advances only the batch_sizes[t] captions still running (packing.py); later positions hold 0."""
+        state = tuple(part.repeat_interleave(repeats, dim=1) for part in self.start(features))  # batch B*r
+        sizes = [tokens.size(0)] * tokens.size(1)  # every row at every step
+        if lengths is not None:
+            packing = Packing.from_lengths(lengths, tokens.size(1)).to(tokens.device)
+            state = tuple(part.index_select(1, packing.sorted_indices) for part in state)  # rows by length
+            tokens, sizes = tokens.index_select(0, packing.sorted_indices), packing.batch_sizes.tolist()
         logits = []
-        for t in range(tokens.size(1)):
-            step_logits, state = self.advance(tokens[:, t], state)  # (B*r, V)
+        for t, n in enumerate(sizes):
+            step_logits, state = self.advance(tokens[:n, t], tuple(part[:, :n] for part in state))  # (n, V)
             logits.append(step_logits)
-        return torch.stack(logits, dim=1)  # (B*r, T, V)
+        if lengths is None:
+            return torch.stack(logits, dim=1)  # (B*r, T, V)
+        return packing.unpack(torch.cat(logits))  # (N, V) -> (B*r, T, V)
 
     def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple]:
         logits, state = self.advance(tokens, state)
@@ -149,14 +160,21 @@ class CurrentStateAttentionDecoder(nn.Module):
         record(self, alpha.flatten(0, 1))  # (B*T, L)
         return alpha @ regions  # (B, T, H) c_t = Σ_i α_ti V_i
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
-        """Teacher-forced logits. features (B, L, D), tokens (B*repeats, T) -> (B*repeats, T, V)."""
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits. features (B, L, D), tokens (B*repeats, T) -> (B*repeats, T, V). lengths
+        (B*repeats,): the real positions of each row; the StackedLSTM and the output layer then run on
+        those only (packing.py), attention on the padded batch, and later positions hold 0."""
         regions, keys, global_image = (part.repeat_interleave(repeats, dim=0) for part in self.image(features))
         words = self.embedding(tokens)  # (B*r, T, E)
         inputs = torch.cat([words, global_image.unsqueeze(1).expand_as(words)], dim=-1)  # (B*r, T, 2E)
-        hidden, _ = self.rnn(self.dropout(inputs))  # (B*r, T, H)
-        context = self.attend(hidden, regions, keys)  # (B*r, T, H)
-        return self.output(self.dropout(hidden + context))  # (B*r, T, V)
+        if lengths is None:
+            hidden, _ = self.rnn(self.dropout(inputs))  # (B*r, T, H)
+            return self.output(self.dropout(hidden + self.attend(hidden, regions, keys)))  # (B*r, T, V)
+        packing = Packing.from_lengths(lengths, tokens.size(1)).to(tokens.device)
+        hidden = self.rnn(packing.sequence(self.dropout(packing.pack(inputs))))[0].data  # (N, H)
+        context = packing.pack(self.attend(packing.unpack(hidden), regions, keys))  # (N, H)
+        return packing.unpack(self.output(self.dropout(hidden + context)))  # (N, V) -> (B*r, T, V)
 
     def start(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """State (h, c, regions (L, B, H), keys (L, B, A), v_g (1, B, E)): batch on dim 1 for beam search."""

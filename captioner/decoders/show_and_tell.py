@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioner.rnn.cells import MEMORY_CELLS, State
+from captioner.rnn.packing import Packing
 from captioner.rnn.stacked import StackedLSTM
 
 
@@ -53,18 +54,27 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden_size, vocab_size)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, repeats: int = 1,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits. features (B, F), tokens (B*repeats, T) starting with <start> -> (B*repeats, T, V);
-        token rows b*repeats .. b*repeats+repeats-1 are captions of image b."""
-        words = self.embedding(tokens)  # (B, T, E)
+        token rows b*repeats .. b*repeats+repeats-1 are captions of image b. lengths (B*repeats,): the real
+        positions of each row; the StackedLSTM then runs packed (packing.py) and later positions hold 0."""
+        words = self.embedding(tokens)  # (B*r, T, E)
+        state = None
         if self.image_as == "initial_state":
             state = tuple(part.repeat_interleave(repeats, dim=1) for part in self.start(features))  # (layers, B*r, H)
-            hidden, _ = self.rnn(self.dropout(words), state)  # (B*r, T, H)
-            return self.output(self.dropout(hidden))  # (B*r, T, V)
-        image = self.image_projection(features).repeat_interleave(repeats, dim=0).unsqueeze(1)  # (B*r, 1, E)
-        inputs = self.dropout(torch.cat([image, words], dim=1))  # (B, T+1, E)
-        hidden, _ = self.rnn(inputs)  # (B, T+1, H)
-        return self.output(self.dropout(hidden[:, 1:]))  # (B, T, V): drop the image step's output
+        else:  # the image is the input of step -1
+            image = self.image_projection(features).repeat_interleave(repeats, dim=0).unsqueeze(1)  # (B*r, 1, E)
+            words = torch.cat([image, words], dim=1)  # (B*r, T+1, E)
+            lengths = None if lengths is None else lengths + 1
+        if lengths is None:
+            hidden, _ = self.rnn(self.dropout(words), state)  # (B*r, T(+1), H)
+            logits = self.output(self.dropout(hidden))  # (B*r, T(+1), V)
+        else:
+            packing = Packing.from_lengths(lengths, words.size(1)).to(words.device)
+            hidden, _ = self.rnn(packing.sequence(self.dropout(packing.pack(words))), state)  # (N, H) words only
+            logits = packing.unpack(self.output(self.dropout(hidden.data)))  # (B*r, T(+1), V)
+        return logits if self.image_as == "initial_state" else logits[:, 1:]  # drop the image step's output
 
     def start(self, features: torch.Tensor) -> State:
         """The state after reading the image: from h_0 = c_0 = 0, or the image's initial state."""

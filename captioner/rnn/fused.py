@@ -8,6 +8,8 @@ tiles, and every weight gradient is ONE large GEMM over all T*B rows after the l
 writes into preallocated buffers, in place. The readable `lstm_cell` stays the reference: this file must
 match it to 1e-5 (tests/test_rnn_fused.py runs the same oracles on both paths). `decoding_step` is the
 same cell for one step without autograd (greedy and beam search), with [W_x | W_h] joined and cached.
+A layer runs on packed rows (packing.py): step t is the batch_sizes[t] captions still running, so a
+caption that has ended costs nothing, forward or backward; a dense batch is B rows at every step.
 
 Forward, one layer (Hochreiter & Schmidhuber 1997 with a forget gate; gate order i, f, g, o as nn.LSTM):
     A_t = W_x x_t + b_x + b_h + W_h h_{t-1}       (the W_x x_t part for all t in one GEMM)
@@ -43,68 +45,70 @@ def fast_path_applies(x: Tensor, cell: str) -> bool:
             and not torch.is_autocast_enabled(x.device.type))
 
 
-def lstm_layer(x: Tensor, weights: dict[str, Tensor], h: Optional[Tensor], c: Optional[Tensor],
-               reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """One LSTM layer in one direction. x (T, B, E), h and c (B, H) -> (output (T, B, H), h_n, c_n).
-
-    h = c = None means a zero initial state: the first step then skips W_h h_0 (and its gradients).
-    reverse=True reads time backwards (the second direction of a bidirectional layer): the sequence is
-    flipped, run forwards, and the output flipped back, so output[t] is still position t."""
-    if reverse:
-        x = x.flip(0)  # (T, B, E) last position first
-    output, h_n, c_n = LSTMLayerFunction.apply(x, weights["weight_ih"], weights["weight_hh"],
-                                               weights["bias_ih"], weights["bias_hh"], h, c)
-    return (output.flip(0) if reverse else output), h_n, c_n
+def lstm_layer(x: Tensor, batch_sizes: tuple[int, ...], weights: dict[str, Tensor], h: Optional[Tensor],
+               c: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction over a packed sequence (packing.py): x (N, E) holds step t's
+    batch_sizes[t] rows after step t-1's, rows ordered by decreasing length; h and c (B, H).
+    Returns (output (N, H) in x's layout, h_n, c_n (B, H)): each row's state after its own last step.
+    h = c = None means a zero initial state: the first step then skips W_h h_0 (and its gradients)."""
+    return LSTMLayerFunction.apply(x, batch_sizes, weights["weight_ih"], weights["weight_hh"],
+                                   weights["bias_ih"], weights["bias_hh"], h, c)
 
 
 class LSTMLayerFunction(torch.autograd.Function):
-    """One layer over a whole sequence, forward and backward through time written out (see the module)."""
+    """One layer over a whole packed sequence, forward and backward through time written out (see the module).
+    A dense (B, T) batch is the packing whose T steps all hold B rows; a shorter caption leaves the batch
+    after its last step, so no work is spent on padding (as `nn.LSTM` does with a `PackedSequence`)."""
 
     @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
-                bias_hh: Tensor, h_0: Optional[Tensor], c_0: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        T, B, E = x.shape
-        H = weight_hh.shape[1]
-        inputs = x.reshape(T * B, E)  # (T*B, E), a copy only if x was not contiguous
-        input_gates = gemm.linear(inputs, weight_ih, bias_ih + bias_hh).view(T, B, 4 * H)  # W_x x_t + b
+    def forward(ctx: FunctionCtx, x: Tensor, batch_sizes: tuple[int, ...], weight_ih: Tensor, weight_hh: Tensor,
+                bias_ih: Tensor, bias_hh: Tensor, h_0: Optional[Tensor],
+                c_0: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        B, H = batch_sizes[0], weight_hh.shape[1]
+        input_gates = gemm.linear(x, weight_ih, bias_ih + bias_hh)  # (N, 4H) W_x x_t + b, every step at once
         recurrent = gemm.StepWeight(weight_hh, B)  # W_h, prepared once for T products
-        cells = x.new_zeros(T + 1, B, H) if c_0 is None else x.new_empty(T + 1, B, H)  # cells[t] = c_t
-        if c_0 is not None:
-            cells[0] = c_0
-        tanh_cells = x.new_empty(T, B, H)  # tanh(c_t), kept for the backward pass
-        hidden = x.new_empty(T, B, H)  # h_1 .. h_T, the layer's output
-        gates, h = [], h_0
-        for t in range(T):
-            # (B, 4H) A_t = W_x x_t + b + W_h h_{t-1}; with h_0 = 0 the first step has no W_h term
-            gate = input_gates[t] if h is None else recurrent(h, input_gates[t])
-            h = _cell_step(gate, cells[t], cells[t + 1], tanh_cells[t], hidden[t])
+        cells, tanh_cells, hidden = (x.new_empty(x.shape[0], H) for _ in range(3))  # c_t, tanh(c_t), h_t
+        first_cell = x.new_zeros(B, H) if c_0 is None else c_0
+        gates, h, c, start = [], h_0, first_cell, 0
+        for n in batch_sizes:
+            rows = slice(start, start + n)  # step t's rows: the n captions still running
+            # (n, 4H) A_t = W_x x_t + b + W_h h_{t-1}; with h_0 = 0 the first step has no W_h term
+            gate = input_gates[rows] if h is None else recurrent(h[:n], input_gates[rows])
+            _cell_step(gate, c[:n], cells[rows], tanh_cells[rows], hidden[rows])
             gates.append(gate)  # now the activations i, f, g, o
-        ctx.save_for_backward(inputs, weight_ih, weight_hh, h_0, hidden)
+            h, c, start = hidden[rows], cells[rows], start + n
+        ctx.save_for_backward(x, weight_ih, weight_hh, h_0, hidden)
         ctx.gates, ctx.cells, ctx.tanh_cells = gates, cells, tanh_cells  # intermediates live on ctx, as torch advises
-        return hidden, hidden[-1].clone(), cells[-1].clone()
+        ctx.first_cell, ctx.batch_sizes = first_cell, batch_sizes
+        return hidden, _final_rows(hidden, batch_sizes), _final_rows(cells, batch_sizes)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, d_hidden: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> tuple:
-        inputs, weight_ih, weight_hh, h_0, hidden = ctx.saved_tensors
-        gates, cells, tanh_cells = ctx.gates, ctx.cells, ctx.tanh_cells
-        T, B, H = hidden.shape
-        wants = ctx.needs_input_grad
-        recurrent = gemm.StepWeight(weight_hh.t(), B)  # x ↦ x W_h: the transposed product going back
-        d_gates = hidden.new_empty(T, B, 4 * H)  # δA_t, the gradient of the pre-activations
-        d_h = d_h_n + d_hidden[-1]  # (B, H) δh_T
-        d_c = d_c_n.clone()  # (B, H) δc_T from after the sequence, updated in place going back
-        for t in range(T - 1, -1, -1):
-            _gate_gradients(d_gates[t], d_h, d_c, gates[t], cells[t], tanh_cells[t])
+        x, weight_ih, weight_hh, h_0, hidden = ctx.saved_tensors
+        gates, cells, tanh_cells, sizes = ctx.gates, ctx.cells, ctx.tanh_cells, ctx.batch_sizes
+        starts = _starts(sizes)
+        H, wants = hidden.shape[1], ctx.needs_input_grad
+        recurrent = gemm.StepWeight(weight_hh.t(), sizes[0])  # x ↦ x W_h: the transposed product going back
+        d_gates = hidden.new_empty(hidden.shape[0], 4 * H)  # δA_t, the gradient of the pre-activations
+        d_c = d_c_n.clone()  # (B, H) δc after each row's last step, updated in place going back
+        last, n = starts[-1], sizes[-1]
+        d_h = d_h_n[:n] + d_hidden[last : last + n]  # (n, H) δh_T of the rows that run to the end
+        for t in range(len(sizes) - 1, -1, -1):
+            n, rows = sizes[t], slice(starts[t], starts[t] + sizes[t])
+            c_prev = ctx.first_cell[:n] if t == 0 else cells[starts[t - 1] : starts[t - 1] + n]
+            _gate_gradients(d_gates[rows], d_h, d_c[:n], gates[t], c_prev, tanh_cells[rows])
             if t > 0:
-                d_h = recurrent(d_gates[t], d_hidden[t - 1])  # δh_{t-1} = ∂L/∂h_{t-1} + δA_t W_h
-        d_h_0 = recurrent(d_gates[0]) if wants[5] else None  # δh_0 = δA_1 W_h
-        flat = d_gates.view(T * B, 4 * H)
-        d_x = gemm.linear(flat, weight_ih.t()).view(T, B, -1) if wants[0] else None  # δx_t = δA_t W_x
-        d_weight_ih = gemm.weight_gradient(flat, inputs) if wants[1] else None  # δW_x = Σ_t δA_tᵀ x_t
-        d_weight_hh = _recurrent_weight_gradient(d_gates, h_0, hidden) if wants[2] else None
-        d_bias = torch.mv(flat.t(), flat.new_ones(T * B))  # (4H,) δb = Σ_t δA_t (a GEMV: 3x faster than sum)
-        return d_x, d_weight_ih, d_weight_hh, d_bias, d_bias.clone(), d_h_0, (d_c if wants[6] else None)
+                previous = slice(starts[t - 1], starts[t - 1] + sizes[t - 1])
+                d_h = recurrent(d_gates[rows], d_hidden[previous][:n])  # δh_{t-1} = ∂L/∂h_{t-1} + δA_t W_h
+                if sizes[t - 1] > n:  # rows whose last step is t-1 join here, from δh_n
+                    d_h = torch.cat([d_h, d_h_n[n : sizes[t - 1]] + d_hidden[previous][n:]])
+        d_h_0 = recurrent(d_gates[: sizes[0]]) if wants[6] else None  # δh_0 = δA_1 W_h
+        d_x = gemm.linear(d_gates, weight_ih.t()) if wants[0] else None  # δx_t = δA_t W_x
+        d_weight_ih = gemm.weight_gradient(d_gates, x) if wants[2] else None  # δW_x = Σ_t δA_tᵀ x_t
+        d_weight_hh = _recurrent_weight_gradient(d_gates, h_0, hidden, sizes, starts) if wants[3] else None
+        d_bias = torch.mv(d_gates.t(), d_gates.new_ones(d_gates.shape[0]))  # (4H,) δb = Σ_t δA_t (a GEMV)
+        return d_x, None, d_weight_ih, d_weight_hh, d_bias, d_bias.clone(), d_h_0, (d_c if wants[7] else None)
 
 
 def decoding_step(owner: nn.Module, layer: int, x: Tensor, h: Tensor, c: Tensor,
@@ -132,13 +136,38 @@ def decoding_step(owner: nn.Module, layer: int, x: Tensor, h: Tensor, c: Tensor,
     return _cell_step(gate, c, c_t, tanh_c, h_t), c_t
 
 
-def _recurrent_weight_gradient(d_gates: Tensor, h_0: Optional[Tensor], hidden: Tensor) -> Tensor:
+def _starts(batch_sizes: tuple[int, ...]) -> list[int]:
+    """The first packed row of each step."""
+    starts, start = [], 0
+    for n in batch_sizes:
+        starts.append(start)
+        start += n
+    return starts
+
+
+def _final_rows(packed: Tensor, batch_sizes: tuple[int, ...]) -> Tensor:
+    """(B, H): each row's entry at its own last step. Rows run by decreasing length, so rows
+    batch_sizes[t+1] .. batch_sizes[t]-1 end at step t."""
+    starts, pieces = _starts(batch_sizes), []
+    for t in range(len(batch_sizes) - 1, -1, -1):
+        ended = batch_sizes[t + 1] if t + 1 < len(batch_sizes) else 0
+        if batch_sizes[t] > ended:
+            pieces.append(packed[starts[t] + ended : starts[t] + batch_sizes[t]])
+    return torch.cat(pieces)
+
+
+def _recurrent_weight_gradient(d_gates: Tensor, h_0: Optional[Tensor], hidden: Tensor,
+                               batch_sizes: tuple[int, ...], starts: list[int]) -> Tensor:
     """δW_h = Σ_t δA_tᵀ h_{t-1} as one GEMM; with a zero initial state the t = 1 term vanishes."""
-    T, B, H = hidden.shape
+    B = batch_sizes[0]
+    if batch_sizes[-1] == B:  # every row runs every step: h_{t-1} of step t's rows is one view
+        previous = hidden[: hidden.shape[0] - B]
+    else:  # step t's rows are the first batch_sizes[t] rows of step t-1
+        previous = torch.cat([hidden[starts[t - 1] : starts[t - 1] + batch_sizes[t]]
+                              for t in range(1, len(batch_sizes))])
     if h_0 is None:  # h_0 = 0: pair δA_2 .. δA_T with h_1 .. h_{T-1}
-        return gemm.weight_gradient(d_gates[1:].reshape(-1, 4 * H), hidden[:-1].reshape(-1, H))
-    previous = torch.cat([h_0.unsqueeze(0), hidden[:-1]]).view(T * B, H)  # (T*B, H) h_0 .. h_{T-1}
-    return gemm.weight_gradient(d_gates.view(T * B, 4 * H), previous)
+        return gemm.weight_gradient(d_gates[B:], previous)
+    return gemm.weight_gradient(d_gates, torch.cat([h_0, previous]))  # (N, H) h_0 .. h_{T-1}
 
 
 def _cell_step(gate: Tensor, c_prev: Tensor, c_out: Tensor, tanh_out: Tensor, h_out: Tensor) -> Tensor:

@@ -12,9 +12,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from captioner.rnn import fused
 from captioner.rnn.cells import CELLS, PEEPHOLES, State, Weights
+from captioner.rnn.packing import reversed_order
 from captioner.rnn.recorder import is_recording, record
 
 
@@ -22,7 +24,8 @@ class StackedLSTM(nn.Module):
     """Stacked, optionally bidirectional recurrent layers with nn.LSTM's interface (batch_first=True).
 
     forward(x (B, T, input_size), state=None) -> (output (B, T, D*H), (h_n, c_n) each (D*num_layers, B, H)),
-    D = 2 if bidirectional; state rows are ordered layer-major, direction-minor, as in nn.LSTM.
+    D = 2 if bidirectional; state rows are ordered layer-major, direction-minor, as in nn.LSTM. x may be a
+    PackedSequence (captions of different lengths), as for nn.LSTM: the output is one too.
     state=None means h_0 = c_0 = 0. Dropout acts on each layer's output except the last, in training only.
     rnn and gru have no cell state: their c is ignored on input (None is accepted) and c_n is all zeros of
     h_n's shape, so every cell returns the same (h, c) type and the decoder needs no special case.
@@ -104,41 +107,77 @@ class StackedLSTM(nn.Module):
                                  f"= (D*num_layers, B, H), got {got}")
         return h, c
 
-    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-        """Run the whole sequence; see the class docstring for shapes."""
-        if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[1] == 0:
-            raise ValueError(f"StackedLSTM.forward: x must be (B, T>=1, input_size={self.input_size}), "
-                             f"got shape {tuple(x.shape)}")
-        h_0, c_0 = self._check_state(state, x.shape[0], x, "forward")
-        layer_input = x.transpose(0, 1)  # (T, B, E) time-major, so each step's slice is contiguous
-        h_n, c_n = [], []
+    def forward(self, x: Tensor | PackedSequence,
+                state: Optional[State] = None) -> tuple[Tensor | PackedSequence, State]:
+        """Run the whole sequence; see the class docstring for shapes. A `PackedSequence` (captions of
+        different lengths, packing.py) gives a PackedSequence out and each row's state after its own
+        last step, as nn.LSTM does; no step is spent on padding."""
+        data, batch_sizes = self._packed_input(x)  # (N, E), rows running at each step
+        h_0, c_0 = self._check_state(state, batch_sizes[0], data, "forward")
+        if isinstance(x, PackedSequence) and x.sorted_indices is not None:  # state rows in packed order
+            h_0, c_0 = h_0.index_select(1, x.sorted_indices), c_0.index_select(1, x.sorted_indices)
+        layer_input, h_n, c_n = data, [], []
         for layer in range(self.num_layers):
             if layer > 0:
                 layer_input = F.dropout(layer_input, self.dropout, self.training)
             outputs = []
             for direction in range(self.num_directions):
                 row = layer * self.num_directions + direction
-                output, h, c = self._run_direction(layer_input, h_0[row], c_0[row], layer, direction, state is None)
-                outputs.append(output)  # (T, B, H)
+                output, h, c = self._run_direction(layer_input, batch_sizes, h_0[row], c_0[row], layer, direction,
+                                                   state is None)
+                outputs.append(output)  # (N, H)
                 h_n.append(h)
                 c_n.append(c)
-            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D*H)
-        return layer_input.transpose(0, 1), (torch.stack(h_n), torch.stack(c_n))  # (B, T, D*H), (D*L, B, H)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (N, D*H)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)  # (D*L, B, H)
+        if isinstance(x, PackedSequence):
+            if x.unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, x.unsorted_indices), c_n.index_select(1, x.unsorted_indices)
+            return PackedSequence(layer_input, x.batch_sizes, x.sorted_indices, x.unsorted_indices), (h_n, c_n)
+        T, B = len(batch_sizes), batch_sizes[0]
+        return layer_input.view(T, B, -1).transpose(0, 1), (h_n, c_n)  # (B, T, D*H), (D*L, B, H)
 
-    def _run_direction(self, layer_input: Tensor, h: Tensor, c: Tensor, layer: int, direction: int,
-                       zero_state: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """One layer in one direction over (T, B, E); the backward direction reads time in reverse."""
+    def _packed_input(self, x: Tensor | PackedSequence) -> tuple[Tensor, tuple[int, ...]]:
+        """x as packed rows (N, E) and the rows running at each step; a dense (B, T, E) batch runs B rows
+        at every step, stored time-major, so each step's rows are contiguous."""
+        if isinstance(x, PackedSequence):
+            if x.data.dim() != 2 or x.data.shape[1] != self.input_size:
+                raise ValueError(f"StackedLSTM.forward: packed data must be (N, input_size={self.input_size}), "
+                                 f"got shape {tuple(x.data.shape)}")
+            return x.data, tuple(x.batch_sizes.tolist())
+        if x.dim() != 3 or x.shape[2] != self.input_size or x.shape[1] == 0:
+            raise ValueError(f"StackedLSTM.forward: x must be (B, T>=1, input_size={self.input_size}), "
+                             f"got shape {tuple(x.shape)}")
+        B, T, E = x.shape
+        return x.transpose(0, 1).reshape(T * B, E), (B,) * T  # (T*B, E)
+
+    def _run_direction(self, data: Tensor, batch_sizes: tuple[int, ...], h: Tensor, c: Tensor, layer: int,
+                       direction: int, zero_state: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """One layer in one direction over packed rows (N, E); the backward direction reads each row in
+        reverse (packing.reversed_order), runs forwards, and puts the output back in place."""
         weights = self._weights(layer, direction)
-        if self.fast and fused.fast_path_applies(layer_input, self.cell):  # zero state: None, skips W_h h_0
-            return fused.lstm_layer(layer_input, weights, None if zero_state else h,
-                                    None if zero_state else c, reverse=bool(direction))
-        x_gates = self._input_gates(layer_input, weights)  # (T, B, G*H), one matmul for all T
-        T = x_gates.shape[0]
-        outputs: list[Tensor] = [h] * T
-        for t in (range(T - 1, -1, -1) if direction else range(T)):
-            h, c, _ = self.cell_function(x_gates[t], h, c, weights)
-            outputs[t] = h
-        return torch.stack(outputs), h, c  # (T, B, H)
+        order = reversed_order(batch_sizes, data.device) if direction else None
+        if order is not None:
+            data = data.index_select(0, order)
+        if self.fast and fused.fast_path_applies(data, self.cell):  # zero state: None, skips W_h h_0
+            output, h, c = fused.lstm_layer(data, batch_sizes, weights, None if zero_state else h,
+                                            None if zero_state else c)
+        else:
+            output, h, c = self._readable_direction(data, batch_sizes, h, c, weights)
+        return (output if order is None else output.index_select(0, order)), h, c
+
+    def _readable_direction(self, data: Tensor, batch_sizes: tuple[int, ...], h: Tensor, c: Tensor,
+                            weights: Weights) -> tuple[Tensor, Tensor, Tensor]:
+        """The reference: the readable cell at every step, on the rows still running; a row that has
+        ended keeps its last state, which is its h_n and c_n."""
+        x_gates = self._input_gates(data, weights)  # (N, G*H), one matmul for all steps
+        outputs, start = [], 0
+        for n in batch_sizes:
+            h_t, c_t, _ = self.cell_function(x_gates[start : start + n], h[:n], c[:n], weights)
+            outputs.append(h_t)  # (n, H)
+            h, c = (h_t, c_t) if n == h.shape[0] else (torch.cat([h_t, h[n:]]), torch.cat([c_t, c[n:]]))
+            start += n
+        return torch.cat(outputs), h, c  # (N, H)
 
     def step(self, x_t: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
         """One time step through all layers, for greedy and beam decoding.

@@ -28,6 +28,8 @@ class Progress:
     last_reward: float = 0.0  # self-critical: the last batch's mean reward
     reward_sum: float = 0.0  # self-critical: rewards summed over this epoch's steps, for its mean
     reward_steps: int = 0  # self-critical: how many steps reward_sum holds
+    threads: int = 0  # torch CPU threads of the run (0: on a GPU, or not recorded): a resume with
+    #   train.threads=0 takes the same number, so that it stays bit for bit the uninterrupted run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

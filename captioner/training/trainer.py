@@ -74,7 +74,8 @@ class Trainer:
             check_resumable(resumed, resume)
         self.run_dir = prepare_run_dir(Path(config.run_dir))
         check_run_dir_is_free(self.run_dir, resume, force)
-        self.device = resolve_device(config.train.device, config.train.threads)
+        saved_threads = resumed["progress"].get("threads", 0) if resumed else 0  # check_resumable: ints
+        self.device = resolve_device(config.train.device, config.train.threads or saved_threads)
         autocast(config.train.precision, self.device)  # bf16 on a GPU without it fails before any work
         check_model_fits(config.model, self.device)  # model.hidden_size=200000 fails here, not after the data
         return resumed
@@ -117,6 +118,7 @@ class Trainer:
         self.self_critical: SelfCriticalLoss | None = None  # built when the self-critical epochs begin
         if resumed:
             self.restore(resumed, resume)
+        self.progress.threads = torch.get_num_threads() if self.device.type == "cpu" else 0
 
     def claim(self, resumed: dict[str, Any] | None, resume: Path | None, force: bool) -> None:
         """Lock run_dir and make its files this run's (rank 0), then say what runs where."""
@@ -134,7 +136,14 @@ class Trainer:
             self.log(distributed.describe(self.cluster, config.train.batch_size, config.train.learning_rate,
                                           config.train.scale_lr))
         self.log(f"vocabulary: {len(self.vocab)} words | parameters: {sum(p.numel() for p in self.model.parameters()):,}"
-                 f" | device: {self.device} | run: {self.run_dir}")
+                 f" | device: {self.device}{self.threads()} | run: {self.run_dir}")
+
+    def threads(self) -> str:
+        """", 2 threads" on the CPU: train.threads, or the cores free at the start (devices.free_cores)."""
+        if self.device.type != "cpu":
+            return ""
+        count = torch.get_num_threads()
+        return f", {count} thread{'s' if count > 1 else ''}"
 
     def carry_best_checkpoint(self, source: Path) -> None:
         """A resume into another run_dir continues the run there: its best.pt comes along, so the final
@@ -279,7 +288,7 @@ class Trainer:
         distributed.sync_buffers(self.model, self.cluster)
         decoding = replace(self.model.decoding, beam_size=ev.val_beam_size)
         metrics, captions = evaluate(self.model, self.validation_records(), "val", decoding, ev.batch_size,
-                                     cluster=self.cluster, meteor=ev.meteor,
+                                     cluster=self.cluster, meteor=False,  # the test has it; no choice needs it
                                      **self.inputs.for_evaluation(self.val_inputs))
         self.progress.epoch += 1
         self.progress.batch = 0
