@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model import DECODERS, batch, make_model
 
 from captioner.decoders.attention import ATTENTION_QUERIES
 from captioner.decoders.show_and_tell import Decoder
@@ -45,12 +46,22 @@ def test_packed_teacher_forcing_equals_the_dense_batch(name, cell):
         assert torch.allclose(packed_grads[parameter], gradient, atol=1e-5), f"{name}: gradient of {parameter}"
 
 
-def test_the_loss_ignores_what_packing_leaves_out():
-    """Cross-entropy with ignore_index=<pad> reads only the real positions, so the zeros there are unseen."""
-    torch.manual_seed(0)
-    logits, targets = torch.randn(4, 5, V), torch.randint(1, V, (4, 5))
-    targets[1, 3:] = targets[3, 1:] = 0  # 0 = <pad>
-    padded_out = logits.clone()
-    padded_out[targets == 0] = 0.0
-    loss = [F.cross_entropy(x.reshape(-1, V), targets.reshape(-1), ignore_index=0) for x in (logits, padded_out)]
-    assert torch.equal(loss[0], loss[1])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_the_one_loss_on_packed_captions_is_the_dense_loss(decoder):
+    """Captioner.forward packs its captions by length; its loss and every gradient are those of the
+    dense batch, cross-entropy over the real words (the zeros past each end are never read)."""
+    model = make_model(decoder=decoder).eval()
+    images, captions = batch(model)
+    model.zero_grad()
+    _, loss = model(images, captions)
+    loss.backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    logits = model.decoder(model.encoder(images), captions[:, :-1])  # dense: every position computed
+    dense = F.cross_entropy(logits.reshape(-1, logits.size(-1)), captions[:, 1:].reshape(-1),
+                            ignore_index=model.vocab.pad_id)
+    dense.backward()
+    assert torch.allclose(loss, dense, atol=1e-6), f"{decoder}: loss"
+    assert (captions[:, 1:] == model.vocab.pad_id).any(), "the batch must hold captions of several lengths"
+    for name, gradient in packed_grads.items():
+        assert torch.allclose(gradient, model.get_parameter(name).grad, atol=1e-5), f"{decoder}: {name}"

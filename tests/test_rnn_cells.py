@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from captioner.rnn.cells import detach_state
 from captioner.rnn.stacked import StackedLSTM
@@ -82,6 +83,26 @@ def _run_torch(module, cell):
             return output, h_n, c_n
         output, h_n = module(x, None if state is None else state[0])
         return output, h_n, torch.zeros_like(h_n)  # our documented c_n for cells without cell state
+    return run
+
+
+def _lengths(B: int, T: int) -> torch.Tensor:
+    """Unsorted lengths in [1, T], the longest equal to T (as in a padded caption batch)."""
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[torch.randint(0, B, (1,))] = T
+    return lengths
+
+
+def _run_packed(module, lengths, cell="lstm"):
+    """Pack x by lengths (unsorted), run, and return (padded output, h_n, c_n) in the caller's row order."""
+    def run(x, state):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        if isinstance(module, StackedLSTM) or cell == "lstm":
+            output, (h_n, c_n) = module(packed, state)
+        else:
+            output, h_n = module(packed, None if state is None else state[0])
+            c_n = torch.zeros_like(h_n)
+        return pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])[0], h_n, c_n
     return run
 
 

@@ -10,8 +10,10 @@ from test_rnn_cells import (
     SHAPES,
     _assert_close,
     _inputs,
+    _lengths,
     _run_and_grad,
     _run_ours,
+    _run_packed,
     _run_torch,
     assert_matches_equations,
 )
@@ -51,16 +53,20 @@ def calls(monkeypatch):
     return counter
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])  # packed: captions of many lengths
 @pytest.mark.parametrize("onednn", ONEDNN, indirect=True)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_fast_path_matches_torch_values_and_every_gradient(shape, onednn, calls):
+def test_fast_path_matches_torch_values_and_every_gradient(shape, onednn, packed, calls):
     B, T, E, H, L, bidirectional, with_state = shape
     oracle = nn.LSTM(E, H, L, batch_first=True, bidirectional=bidirectional)
     ours = StackedLSTM(E, H, L, bidirectional=bidirectional, fast=True)
     ours.load_state_dict(oracle.state_dict())
     x, state = _inputs(B, T, E, H, L, bidirectional, with_state)
-    our_values, our_grads = _run_and_grad(ours, x, state, _run_ours(ours))
-    reference_values, reference_grads = _run_and_grad(oracle, x, state, _run_torch(oracle, "lstm"))
+    lengths = _lengths(B, T)
+    our_run = _run_packed(ours, lengths) if packed else _run_ours(ours)
+    reference_run = _run_packed(oracle, lengths) if packed else _run_torch(oracle, "lstm")
+    our_values, our_grads = _run_and_grad(ours, x, state, our_run)
+    reference_values, reference_grads = _run_and_grad(oracle, x, state, reference_run)
     assert calls["fast"] == L * (2 if bidirectional else 1), "the fast path did not run"
     _assert_close(dict(enumerate(our_values)), dict(enumerate(reference_values)), 1e-5, "fast lstm values")
     _assert_close(our_grads, reference_grads, 1e-5, "fast lstm gradients")

@@ -1,13 +1,14 @@
-"""Captions of different lengths: StackedLSTM reads torch's PackedSequence as nn.LSTM does, on both of
-its paths (fused.py and the readable cells), and `Packing` packs and unpacks the decoders' tensors."""
+"""Captions of different lengths: StackedLSTM reads torch's PackedSequence as nn.LSTM does on its readable
+cells and in the packed layer Function (the fast path's oracle test on packed input is in test_rnn_fused.py),
+and `Packing` packs and unpacks the decoders' tensors."""
 from __future__ import annotations
 
 import pytest
 import torch
-from test_rnn_cells import SHAPES, _assert_close, _inputs, _run_and_grad
-from test_rnn_fused import ONEDNN, SHAPE_IDS, calls, onednn  # noqa: F401 (fixtures)
+from test_rnn_cells import SHAPES, _assert_close, _inputs, _lengths, _run_and_grad, _run_packed
+from test_rnn_fused import SHAPE_IDS
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from captioner.rnn import fused
 from captioner.rnn.packing import Packing, reversed_order
@@ -19,42 +20,6 @@ ORACLES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def _lengths(B: int, T: int) -> torch.Tensor:
-    """Unsorted lengths in [1, T], the longest equal to T (as in a padded caption batch)."""
-    lengths = torch.randint(1, T + 1, (B,))
-    lengths[torch.randint(0, B, (1,))] = T
-    return lengths
-
-
-def _run_packed(module, lengths, cell="lstm"):
-    """Pack x by lengths (unsorted), run, and return (padded output, h_n, c_n) in the caller's row order."""
-    def run(x, state):
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        if isinstance(module, StackedLSTM) or cell == "lstm":
-            output, (h_n, c_n) = module(packed, state)
-        else:
-            output, h_n = module(packed, None if state is None else state[0])
-            c_n = torch.zeros_like(h_n)
-        return pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])[0], h_n, c_n
-    return run
-
-
-@pytest.mark.parametrize("onednn", ONEDNN, indirect=True)
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_fast_path_on_packed_captions_matches_torch(shape, onednn, calls):
-    B, T, E, H, L, bidirectional, with_state = shape
-    oracle = nn.LSTM(E, H, L, batch_first=True, bidirectional=bidirectional)
-    ours = StackedLSTM(E, H, L, bidirectional=bidirectional)
-    ours.load_state_dict(oracle.state_dict())
-    x, state = _inputs(B, T, E, H, L, bidirectional, with_state)
-    lengths = _lengths(B, T)
-    our_values, our_grads = _run_and_grad(ours, x, state, _run_packed(ours, lengths))
-    reference_values, reference_grads = _run_and_grad(oracle, x, state, _run_packed(oracle, lengths))
-    assert calls["fast"] == L * (2 if bidirectional else 1), "the fast path did not run"
-    _assert_close(dict(enumerate(our_values)), dict(enumerate(reference_values)), 1e-5, "packed values")
-    _assert_close(our_grads, reference_grads, 1e-5, "packed gradients")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -103,8 +68,6 @@ def test_packing_round_trip_matches_torch_layout():
     assert torch.equal(packed.sorted_indices, reference.sorted_indices)
     mask = torch.arange(T) < lengths.unsqueeze(1)  # (B, T) real positions
     assert torch.equal(packing.unpack(packed.data), padded * mask.unsqueeze(-1))
-    row_of_each_position = torch.arange(B).view(B, 1).expand(B, T)
-    assert torch.equal(packing.rows(), packing.pack(row_of_each_position))
 
 
 def test_reversed_order_reads_each_row_backwards():

@@ -101,7 +101,7 @@ class AttentionDecoder(nn.Module):
         state = tuple(part.repeat_interleave(repeats, dim=1) for part in self.start(features))  # batch B*r
         sizes = [tokens.size(0)] * tokens.size(1)  # every row at every step
         if lengths is not None:
-            packing = Packing.from_lengths(lengths, tokens.size(1)).to(tokens.device)
+            packing = Packing.from_lengths(lengths, tokens.size(1))
             state = tuple(part.index_select(1, packing.sorted_indices) for part in state)  # rows by length
             tokens, sizes = tokens.index_select(0, packing.sorted_indices), packing.batch_sizes.tolist()
         logits = []
@@ -171,7 +171,7 @@ class CurrentStateAttentionDecoder(nn.Module):
         if lengths is None:
             hidden, _ = self.rnn(self.dropout(inputs))  # (B*r, T, H)
             return self.output(self.dropout(hidden + self.attend(hidden, regions, keys)))  # (B*r, T, V)
-        packing = Packing.from_lengths(lengths, tokens.size(1)).to(tokens.device)
+        packing = Packing.from_lengths(lengths, tokens.size(1))
         hidden = self.rnn(packing.sequence(self.dropout(packing.pack(inputs))))[0].data  # (N, H)
         context = packing.pack(self.attend(packing.unpack(hidden), regions, keys))  # (N, H)
         return packing.unpack(self.output(self.dropout(hidden + context)))  # (N, V) -> (B*r, T, V)

@@ -71,7 +71,7 @@ class Decoder(nn.Module):
             hidden, _ = self.rnn(self.dropout(words), state)  # (B*r, T(+1), H)
             logits = self.output(self.dropout(hidden))  # (B*r, T(+1), V)
         else:
-            packing = Packing.from_lengths(lengths, words.size(1)).to(words.device)
+            packing = Packing.from_lengths(lengths, words.size(1))
             hidden, _ = self.rnn(packing.sequence(self.dropout(packing.pack(words))), state)  # (N, H) words only
             logits = packing.unpack(self.output(self.dropout(hidden.data)))  # (B*r, T(+1), V)
         return logits if self.image_as == "initial_state" else logits[:, 1:]  # drop the image step's output

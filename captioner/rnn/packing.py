@@ -29,17 +29,14 @@ class Packing:
 
     @classmethod
     def from_lengths(cls, lengths: Tensor, steps: int) -> "Packing":
-        """lengths (B,) of real positions per row, each in [1, steps]."""
+        """lengths (B,) of real positions per row, each in [1, steps]; the indices live on lengths' device."""
         device, lengths = lengths.device, lengths.to("cpu", torch.int64)
         sorted_lengths, sorted_indices = torch.sort(lengths, descending=True, stable=True)
         time = torch.arange(steps).unsqueeze(1)  # (T, 1)
         running = time < sorted_lengths.unsqueeze(0)  # (T, B) is packed row r still running at step t?
         positions = (sorted_indices.unsqueeze(0) * steps + time)[running]  # time-major, rows by length
-        return cls(running.sum(dim=1), sorted_indices, torch.argsort(sorted_indices), positions.to(device), steps)
-
-    def to(self, device: torch.device) -> "Packing":
-        return Packing(self.batch_sizes, self.sorted_indices.to(device), self.unsorted_indices.to(device),
-                       self.positions.to(device), self.steps)
+        return cls(running.sum(dim=1), sorted_indices.to(device), torch.argsort(sorted_indices).to(device),
+                   positions.to(device), steps)
 
     def pack(self, padded: Tensor) -> Tensor:
         """(B, T, ...) -> (N, ...): the real positions, in the packed order."""
@@ -54,10 +51,6 @@ class Packing:
         B = self.sorted_indices.numel()
         padded = packed.new_zeros(B * self.steps, *packed.shape[1:])
         return padded.index_copy(0, self.positions, packed).view(B, self.steps, *packed.shape[1:])
-
-    def rows(self) -> Tensor:
-        """(N,) the padded row b of each packed entry."""
-        return torch.div(self.positions, self.steps, rounding_mode="floor")
 
 
 def reversed_order(batch_sizes: tuple[int, ...], device: torch.device) -> Tensor:
